@@ -1,0 +1,1 @@
+"""pacsai daemon package."""

@@ -1,0 +1,266 @@
+"""The DICOM listener: a pynetdicom C-STORE / C-ECHO SCP in front of the spool.
+
+The C-STORE handler stays short: check the structure of the received bytes
+(never decode pixels), write them to the spool as received, record the instance,
+answer. Success is sent only after the file is durable and its row committed.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pynetdicom.dsutils import encode_file_meta
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLosslessSV1,
+    JPEGLossless,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+    HTJ2K,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
+)
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.presentation import AllStoragePresentationContexts
+from pynetdicom.transport import ThreadedAssociationServer
+
+from daemon import metrics
+from daemon.config import ListenerSettings
+from daemon.spool import Spool, SpoolFull
+from daemon.study_tracker import Arrival, StudyTracker
+from daemon.transport import bounded_request_handler
+from dicom_io.wire import MalformedDataset, inspect_dataset
+
+log = logging.getLogger(__name__)
+
+#: Accepted as received and stored undecoded.
+TRANSFER_SYNTAXES = [
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    JPEG2000Lossless,
+    JPEG2000,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
+    HTJ2K,
+    RLELossless,
+]
+
+# C-STORE statuses (PS3.4 B.2.3 and Annex C.4.2.1.5)
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+DATASET_MISMATCH = 0xA900
+CANNOT_UNDERSTAND = 0xC000
+PROCESSING_FAILURE = 0x0110
+
+_PREAMBLE = b"\x00" * 128 + b"DICM"
+
+
+def _status(code: int, comment: str) -> Dataset:
+    ds = Dataset()
+    ds.Status = code
+    ds.ErrorComment = comment[:64]
+    return ds
+
+
+def tls_server_context(cert_file: str, key_file: str, ca_file: str | None) -> ssl.SSLContext:
+    """Server-side TLS; with a CA bundle, peers must present a certificate it signed."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert_file, key_file)
+    if ca_file:
+        ctx.load_verify_locations(ca_file)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+_CONTEXT_REJECTIONS = {
+    0x03: "SOP class not supported",
+    0x04: "none of its transfer syntaxes is supported",
+}
+
+
+def rejected_context_lines(assoc: Any) -> list[str]:
+    """Say which proposed presentation contexts were refused and why (what the peer asked for)."""
+    proposed = {cx.context_id: cx for cx in assoc.requestor.requested_contexts}
+    lines = []
+    for cx in assoc.rejected_contexts:
+        asked = proposed.get(cx.context_id, cx)
+        reason = _CONTEXT_REJECTIONS.get(cx.result, f"rejected (result {cx.result})")
+        syntaxes = ", ".join(getattr(ts, "name", str(ts)) for ts in asked.transfer_syntax)
+        lines.append(f"refused presentation context {getattr(asked.abstract_syntax, 'name', asked.abstract_syntax)}: "
+                     f"{reason} (proposed: {syntaxes or 'none'})")
+    return lines
+
+
+class Listener:
+    """Accepts associations and stores what they send (see module docstring)."""
+
+    def __init__(self, settings: ListenerSettings, spool: Spool, tracker: StudyTracker) -> None:
+        self.settings = settings
+        self.spool = spool
+        self.tracker = tracker
+        self._server: Any = None
+        self.stats_lock = threading.Lock()
+        self.stats = {"instances": 0, "bytes": 0, "failures": 0, "associations": 0}
+        self.ae = self._make_ae()
+
+    def _make_ae(self) -> AE:
+        s = self.settings
+        ae = AE(ae_title=s.ae_title)
+        ae.maximum_pdu_size = s.max_pdu_size
+        ae.maximum_associations = s.max_associations
+        ae.acse_timeout = s.acse_timeout
+        ae.dimse_timeout = s.dimse_timeout
+        ae.network_timeout = s.network_timeout
+        if s.allowed_calling_aets:
+            ae.require_calling_aet = list(s.allowed_calling_aets)
+        ae.add_supported_context(Verification)
+        for cx in AllStoragePresentationContexts:
+            ae.add_supported_context(cx.abstract_syntax, TRANSFER_SYNTAXES)
+        return ae
+
+    # -- life cycle --------------------------------------------------------------------------
+    def start(self) -> None:
+        s = self.settings
+        ctx = None
+        if s.tls.enabled:
+            ctx = tls_server_context(str(s.tls.cert_file), str(s.tls.key_file),
+                                     str(s.tls.ca_file) if s.tls.ca_file else None)
+        handlers = [
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_ACCEPTED, self._on_accepted),
+            (evt.EVT_REJECTED, self._on_rejected),
+            (evt.EVT_RELEASED, self._on_closed),
+            (evt.EVT_ABORTED, self._on_closed),
+            (evt.EVT_CONN_CLOSE, self._on_closed),
+        ]
+        handler = bounded_request_handler(max_pdu_length=s.max_pdu_size,
+                                          max_dataset_bytes=s.max_dataset_bytes)
+        self._server = self.ae.make_server(
+            (s.host, s.port), evt_handlers=handlers, ssl_context=ctx,
+            server_class=ThreadedAssociationServer, request_handler=handler,
+        )
+        self.ae._servers.append(self._server)  # as start_server() does; shutdown() expects it
+        threading.Thread(target=self._server.serve_forever, name="dicom-listener",
+                         daemon=True).start()
+        log.info("listening as %s on %s:%d%s", s.ae_title, s.host, self.port,
+                 " with TLS" if ctx else "")
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1]) if self._server else self.settings.port
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+
+    # -- handlers ----------------------------------------------------------------------------
+    def _on_echo(self, event: evt.Event) -> int:
+        return SUCCESS
+
+    def _on_accepted(self, event: evt.Event) -> None:
+        a = event.assoc
+        with self.stats_lock:
+            self.stats["associations"] += 1
+        metrics.association_opened(id(a))
+        log.info("association accepted from %s (%s:%s)", a.requestor.ae_title,
+                 a.requestor.address, a.requestor.port)
+        refused = rejected_context_lines(a)
+        if refused:  # one line per association, however many contexts
+            log.warning("association from %s: %s", a.requestor.ae_title, "; ".join(refused))
+
+    def _on_rejected(self, event: evt.Event) -> None:
+        a = event.assoc
+        metrics.association_rejected(self._reject_reason(a.requestor.ae_title))
+        log.warning("association rejected from %s (%s): calling AE not recognized or limits",
+                    a.requestor.ae_title, a.requestor.address)
+
+    def _reject_reason(self, calling_aet: str) -> str:
+        allowed = self.settings.allowed_calling_aets
+        if allowed and calling_aet.strip() not in allowed:
+            return metrics.REJECT_CALLING_AET
+        active = [a for a in self.ae.active_associations if a.is_acceptor]
+        if len(active) > self.ae.maximum_associations:
+            return metrics.REJECT_LIMIT
+        return metrics.REJECT_OTHER
+
+    def _on_closed(self, event: evt.Event) -> None:
+        metrics.association_closed(id(event.assoc))
+        self.tracker.association_released(id(event.assoc))
+
+    def _on_store(self, event: evt.Event) -> int | Dataset:
+        req = event.request
+        assoc = event.assoc
+        ts = str(event.context.transfer_syntax)
+        stream = req.DataSet.getbuffer()  # type: ignore[union-attr]
+        try:
+            header = inspect_dataset(stream, ts)
+        except MalformedDataset as exc:
+            self._count_failure(metrics.REFUSE_MALFORMED)
+            log.warning("refused a malformed data set from %s: %s", assoc.requestor.ae_title, exc)
+            return _status(CANNOT_UNDERSTAND, f"malformed data set: {exc}")
+        if header.sop_instance_uid != req.AffectedSOPInstanceUID:
+            self._count_failure(metrics.REFUSE_MISMATCH)
+            log.warning("refused an instance whose SOP Instance UID differs from the command's")
+            return _status(DATASET_MISMATCH, "SOP Instance UID differs from the C-STORE command")
+        try:
+            stored = self.spool.store(
+                header.study_instance_uid,
+                header.sop_instance_uid,
+                [_PREAMBLE, encode_file_meta(event.file_meta), stream],
+            )
+        except SpoolFull as exc:
+            self._count_failure(metrics.REFUSE_DISK_FULL)
+            log.error("out of disk space, refusing instances: %s", exc.strerror)
+            return _status(OUT_OF_RESOURCES, "out of resources: spool disk full")
+        except OSError as exc:
+            self._count_failure(metrics.REFUSE_WRITE)
+            log.error("could not write an instance to the spool: %s", exc)
+            return _status(OUT_OF_RESOURCES, "out of resources: spool write failed")
+        try:
+            self.tracker.record(Arrival(
+                header=header,
+                stored=stored,
+                transfer_syntax=ts,
+                calling_aet=assoc.requestor.ae_title,
+                called_aet=assoc.acceptor.ae_title,
+                assoc_id=id(assoc),
+            ))
+        except Exception as exc:  # noqa: BLE001 - the peer must hear of it
+            self._count_failure(metrics.REFUSE_DATABASE)
+            log.error("could not record an instance in the database: %s", exc)
+            return _status(PROCESSING_FAILURE, "processing failure: database unavailable")
+        with self.stats_lock:
+            self.stats["instances"] += 1
+            self.stats["bytes"] += stored.size
+        metrics.instance_received(stored.size)
+        log.debug("stored %s (%s)", stored.relative_path, stored.outcome.value)
+        return SUCCESS
+
+    def _count_failure(self, reason: str) -> None:
+        metrics.instance_refused(reason)
+        with self.stats_lock:
+            self.stats["failures"] += 1

@@ -1,0 +1,167 @@
+"""The spool: received instances, byte for byte as sent, durably on disk.
+
+Layout under ``<data_dir>/spool``::
+
+    tmp/                          partial writes; emptied at start (never acknowledged)
+    studies/<ab>/<study-key>/<instance-key>.dcm
+
+Keys are SHA-256 digests of the UIDs: the paths are ours, whatever a peer sends
+(a SOP Instance UID of ``../../etc/passwd`` is just another digest). Files are
+written to ``tmp/``, fsynced, renamed into place and the directory fsynced, so a
+file either is whole under its final name or does not exist. Mode 0600/0700: only
+the service user reads patient data.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import hashlib
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+
+
+class SpoolFull(OSError):
+    """Free space is below the configured floor (or the disk is full)."""
+
+
+class StoreOutcome(enum.Enum):
+    NEW = "new"
+    IDENTICAL = "identical"  # the same bytes were already held: nothing changed
+    REPLACED = "replaced"  # same SOP Instance UID, different content
+
+
+@dataclass(frozen=True, slots=True)
+class StoredFile:
+    relative_path: str
+    size: int
+    outcome: StoreOutcome
+
+
+def key(uid: str) -> str:
+    """The file-system key of a UID: hex digest, never the UID itself."""
+    return hashlib.sha256(uid.encode("ascii", "replace")).hexdigest()[:40]
+
+
+class Spool:
+    """Durable, atomic storage of received instances."""
+
+    def __init__(self, root: Path, *, min_free_bytes: int = 0, fsync: bool = True) -> None:
+        self.root = root
+        self.tmp = root / "tmp"
+        self.studies = root / "studies"
+        self.min_free_bytes = min_free_bytes
+        self.fsync = fsync
+        for folder in (root, self.tmp, self.studies):
+            folder.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+            os.chmod(folder, DIR_MODE)
+
+    # -- paths -------------------------------------------------------------------------------
+    def study_dir(self, study_uid: str) -> Path:
+        k = key(study_uid)
+        return self.studies / k[:2] / k
+
+    def relative_path(self, study_uid: str, sop_instance_uid: str) -> str:
+        k = key(study_uid)
+        return f"studies/{k[:2]}/{k}/{key(sop_instance_uid)}.dcm"
+
+    def path(self, relative_path: str) -> Path:
+        return self.root / relative_path
+
+    # -- capacity ----------------------------------------------------------------------------
+    def free_bytes(self) -> int:
+        st = os.statvfs(self.root)
+        return st.f_bavail * st.f_frsize
+
+    def check_space(self, incoming: int) -> None:
+        free = self.free_bytes()
+        if free - incoming < self.min_free_bytes:
+            raise SpoolFull(
+                errno.ENOSPC,
+                f"spool free space {free} B minus {incoming} B is below the floor "
+                f"of {self.min_free_bytes} B",
+            )
+
+    # -- writing -----------------------------------------------------------------------------
+    def store(self, study_uid: str, sop_instance_uid: str, chunks: list[bytes | memoryview]) -> StoredFile:
+        """Write ``chunks`` (a DICOM file: preamble, meta, data set) durably under our name."""
+        size = sum(len(c) for c in chunks)
+        self.check_space(size)
+        rel = self.relative_path(study_uid, sop_instance_uid)
+        final = self.root / rel
+        outcome = StoreOutcome.NEW
+        if final.exists():
+            if _same_content(final, chunks, size):
+                return StoredFile(rel, size, StoreOutcome.IDENTICAL)
+            outcome = StoreOutcome.REPLACED
+        new_dir = not final.parent.is_dir()
+        if new_dir:
+            final.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        tmp = self.tmp / f"{uuid.uuid4().hex}.part"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+            try:
+                for chunk in chunks:
+                    view = memoryview(chunk)
+                    while view:
+                        written = os.write(fd, view)
+                        view = view[written:]
+                if self.fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, final)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise SpoolFull(exc.errno, f"disk full while writing an instance: {exc}") from exc
+            raise
+        if self.fsync:
+            _fsync_dir(final.parent)
+            if new_dir:  # make the new directory entries themselves durable
+                _fsync_dir(final.parent.parent)
+                _fsync_dir(self.studies)
+        return StoredFile(rel, size, outcome)
+
+    def remove(self, relative_path: str) -> None:
+        (self.root / relative_path).unlink(missing_ok=True)
+
+    def clear_tmp(self) -> int:
+        """Remove partial writes left by a crash; return how many."""
+        n = 0
+        for part in self.tmp.iterdir():
+            part.unlink(missing_ok=True)
+            n += 1
+        return n
+
+    def iter_files(self) -> Iterator[str]:
+        """Every stored instance, as a path relative to the spool root."""
+        for path in self.studies.glob("*/*/*.dcm"):
+            yield path.relative_to(self.root).as_posix()
+
+
+def _same_content(path: Path, chunks: list[bytes | memoryview], size: int) -> bool:
+    try:
+        if path.stat().st_size != size:
+            return False
+        with path.open("rb") as fh:
+            for chunk in chunks:
+                if fh.read(len(chunk)) != bytes(chunk):
+                    return False
+        return True
+    except OSError:
+        return False
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,134 @@
+"""The listener's end of the DICOM upper layer: pynetdicom's socket with limits, and a faster read.
+
+pynetdicom reads whatever PDU length a peer declares, 4 KiB at a time, and keeps
+every fragment of a data set in memory until its last one arrives: one hostile or
+broken peer could exhaust the daemon's memory for everyone. Each association
+gets a :class:`BoundedAssociationSocket` instead, which
+
+* aborts the association (A-ABORT, provider, "invalid PDU parameter value") when a
+  PDU is longer than we advertised, or when one data set grows past
+  ``max_dataset_bytes`` (the peer hears it at once, the log says why, nothing is
+  spooled, other associations carry on);
+* reads each PDU into one buffer of its declared size with ``recv_into`` in
+  large steps (safe now that the size is bounded).
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+
+from pynetdicom.pdu import A_ABORT_RQ
+from pynetdicom.transport import AssociationSocket, RequestHandler
+
+log = logging.getLogger(__name__)
+
+P_DATA_TF = 0x04
+#: Association requests carry no P-DATA and are not bound by the advertised maximum.
+MIN_PDU_LIMIT = 1 << 20
+#: How much one ``recv_into`` asks for.
+READ_STEP = 1 << 20
+INVALID_PDU_PARAMETER = 0x06
+
+
+class PeerLimitExceeded(OSError):
+    """The peer broke a limit; the association is aborted."""
+
+
+class BoundedAssociationSocket(AssociationSocket):
+    """An :class:`AssociationSocket` that enforces PDU and data-set size limits."""
+
+    @classmethod
+    def adopt(cls, sock: AssociationSocket, *, max_pdu_length: int,
+              max_dataset_bytes: int) -> "BoundedAssociationSocket":
+        """Give the socket pynetdicom has just made for an association these limits.
+
+        (Making a second socket instead would queue a second transport-connection
+        event in the association's state machine.)
+        """
+        sock.__class__ = cls
+        bounded: BoundedAssociationSocket = sock  # type: ignore[assignment]
+        bounded._set_limits(max_pdu_length, max_dataset_bytes)
+        return bounded
+
+    def _set_limits(self, max_pdu_length: int, max_dataset_bytes: int) -> None:
+        self.max_pdu_length = max(max_pdu_length, MIN_PDU_LIMIT) if max_pdu_length else 0
+        self.max_dataset_bytes = max_dataset_bytes
+        self._pdu_type: int | None = None
+        self._dataset_bytes = 0
+
+    def recv(self, nr_bytes: int) -> bytearray:
+        if nr_bytes == 6 and self._pdu_type is None:  # a PDU header: type, reserved, length
+            data = self._read(6)
+            self._pdu_type = data[0] if len(data) == 6 else None
+            if self._pdu_type is not None:
+                length = struct.unpack(">L", data[2:6])[0]
+                if self.max_pdu_length and length > self.max_pdu_length:
+                    self._pdu_type = None
+                    self._refuse(f"the peer declared a {length}-byte PDU, above the "
+                                 f"{self.max_pdu_length}-byte maximum")
+            return data
+        pdu_type, self._pdu_type = self._pdu_type, None
+        data = self._read(nr_bytes)
+        if pdu_type == P_DATA_TF and self.max_dataset_bytes:
+            self._count_dataset_bytes(data)
+        return data
+
+    def _read(self, nr_bytes: int) -> bytearray:
+        """Read exactly ``nr_bytes`` unless the connection closes first (then what came)."""
+        sock = self.socket
+        assert sock is not None
+        buffer = bytearray(nr_bytes)
+        view = memoryview(buffer)
+        done = 0
+        while done < nr_bytes:
+            got = sock.recv_into(view[done:], min(nr_bytes - done, READ_STEP))
+            if not got:
+                del view
+                return buffer[:done]
+            done += got
+        return buffer
+
+    def _count_dataset_bytes(self, body: bytearray) -> None:
+        """Sum the data-set fragments of the P-DATA-TF ``body``; reset at each last fragment."""
+        offset, end = 0, len(body)
+        while offset + 6 <= end:
+            item_length = struct.unpack_from(">L", body, offset)[0]
+            control = body[offset + 5]
+            if not control & 0x01:  # a data-set fragment, not a command
+                self._dataset_bytes += max(item_length - 2, 0)
+                if self._dataset_bytes > self.max_dataset_bytes:
+                    size = self._dataset_bytes
+                    self._dataset_bytes = 0
+                    self._refuse(f"a data set passed {size} bytes, above the "
+                                 f"{self.max_dataset_bytes}-byte maximum (listener.max_dataset_bytes)")
+                if control & 0x02:
+                    self._dataset_bytes = 0
+            offset += 4 + item_length
+
+    def _refuse(self, reason: str) -> None:
+        requestor = getattr(self.assoc, "requestor", None)
+        log.error("aborting the association from %s (%s): %s",
+                  getattr(requestor, "ae_title", "?"), getattr(requestor, "address", "?"), reason)
+        abort = A_ABORT_RQ()
+        abort.source = 0x02  # DICOM UL service provider
+        abort.reason_diagnostic = INVALID_PDU_PARAMETER
+        try:
+            assert self.socket is not None
+            self.socket.sendall(abort.encode())
+        except OSError:
+            pass
+        raise PeerLimitExceeded(reason)
+
+
+def bounded_request_handler(*, max_pdu_length: int, max_dataset_bytes: int) -> type[RequestHandler]:
+    """A pynetdicom request handler whose associations use :class:`BoundedAssociationSocket`."""
+
+    class BoundedRequestHandler(RequestHandler):
+        def _create_association(self):  # type: ignore[no-untyped-def]
+            assoc = super()._create_association()
+            BoundedAssociationSocket.adopt(assoc.dul.socket, max_pdu_length=max_pdu_length,
+                                           max_dataset_bytes=max_dataset_bytes)
+            return assoc
+
+    return BoundedRequestHandler

@@ -1,0 +1,1 @@
+"""pacsai dicom_io package."""

@@ -1,0 +1,106 @@
+"""Heatmaps as a DICOM Parametric Map (IHE AIR's primitive for such maps).
+
+Supported: single-frame cross-sectional sources with a patient Frame of
+Reference (CT/MR/PT slices). highdicom 0.28 cannot build a Parametric Map for
+sources without a Frame of Reference (CR/DX, or multi-frame XA): it fails while
+indexing the frames; those raise :class:`UnsupportedSource` and the heatmap is
+delivered as secondary capture only.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.uid import ExplicitVRLittleEndian
+
+from dicom_io import uids
+from dicom_io.results import DEFAULT_DISCLAIMER, AnalysisResult, Finding
+from dicom_io.sc_writer import _resize
+from dicom_io.sr_writer import algorithm_equipment, header_only
+
+logger = logging.getLogger(__name__)
+
+
+class UnsupportedSource(ValueError):
+    """The finding's sources cannot carry a Parametric Map (see module doc)."""
+
+
+@dataclass(frozen=True)
+class PMOptions:
+    series_number: int = 9903
+    disclaimer: str = DEFAULT_DISCLAIMER
+
+
+def write_parametric_map(
+    result: AnalysisResult,
+    finding: Finding,
+    sources: Sequence[Dataset],
+    *,
+    finding_index: int = 1,
+    options: PMOptions = PMOptions(),
+) -> hd.pm.ParametricMap:
+    """One float Parametric Map of ``finding``'s heatmaps over one source series.
+
+    Uses the series with the most heatmaps; each heatmap is resized to its
+    source image. Raises :class:`UnsupportedSource` when no usable source exists.
+    """
+    by_uid = {ds.SOPInstanceUID: ds for ds in sources}
+    per_series: dict[str, list[tuple[Dataset, np.ndarray]]] = {}
+    for image in finding.images:
+        src = by_uid.get(image.sop_instance_uid)
+        if image.heatmap is None or src is None:
+            continue
+        if "FrameOfReferenceUID" not in src or int(src.get("NumberOfFrames", 1) or 1) > 1:
+            continue
+        per_series.setdefault(src.SeriesInstanceUID, []).append((src, image.heatmap))
+    if not per_series:
+        raise UnsupportedSource(
+            "Parametric Map needs single-frame sources with a Frame of Reference"
+        )
+    series = max(per_series.values(), key=len)
+    headers = [header_only(src) for src, _ in series]
+    frames = np.stack([
+        np.clip(_resize(np.nan_to_num(h.astype(np.float32)), (int(s.Rows), int(s.Columns))), 0, 1)
+        for s, (_, h) in zip(headers, series)
+    ]).astype(np.float32)
+    algo = result.algorithm
+    what = "probability" if finding.kind == "probability" else "anomaly score"
+    mapping = hd.pm.RealWorldValueMapping(
+        lut_label="HEATMAP",
+        lut_explanation=f"{finding.label.meaning} {what} heatmap (relative)"[:64],
+        unit=codes.UCUM.NoUnits,
+        value_range=(0.0, 1.0),
+        slope=1.0,
+        intercept=0.0,
+    )
+    pm = hd.pm.ParametricMap(
+        source_images=headers,
+        pixel_array=frames,
+        series_instance_uid=uids.for_result(result, "pm-series", finding_index),
+        series_number=options.series_number,
+        sop_instance_uid=uids.for_result(result, "pm", finding_index),
+        instance_number=1,
+        manufacturer=algo.manufacturer,
+        manufacturer_model_name=algo.manufacturer_model_name[:64],
+        software_versions=algo.software_versions,
+        device_serial_number=algo.device_uid[-16:],
+        contains_recognizable_visual_features=False,
+        real_world_value_mappings=[mapping],
+        voi_lut_transformations=[hd.VOILUTTransformation(window_center=0.5, window_width=1.0)],
+        transfer_syntax_uid=ExplicitVRLittleEndian,
+        content_label="HEATMAP",
+        content_description=f"{finding.label.meaning} - {options.disclaimer}"[:64],
+        content_creator_name=None,
+        contributing_equipment=[algorithm_equipment(result)],
+        series_description=f"{algo.name} map - {options.disclaimer}"[:64],
+    )
+    if "Laterality" not in pm and not headers[0].get("BodyPartExamined"):
+        pm.Laterality = ""  # Type 2C, unknown (as for the SC)
+    logger.info("wrote parametric map %s (%d frames)", pm.SOPInstanceUID, len(frames))
+    return pm

@@ -1,0 +1,72 @@
+"""Result objects and the outbox: per-destination SR class, routed destinations, re-runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import select
+
+from daemon.config import PipelineSettings, Settings
+from daemon.store.db import Database
+from daemon.store.models import Delivery, Finding as FindingRow, Study, utcnow
+from dicom_io.results import AlgorithmInfo, AnalysisResult, CodedConcept, Finding, ImageEvidence
+from dicom_io.synthetic_study import radiograph
+from dicom_checks import assert_valid_dicom
+from worker.outputs import previous_results, record_outputs, write_objects
+
+SR_3D, SR_88_33, SC = ("1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.88.33",
+                       "1.2.840.10008.5.1.4.1.1.7")
+
+
+def _result(ds, version: int = 1) -> AnalysisResult:  # type: ignore[no-untyped-def]
+    heat = np.zeros((32, 32), np.float32)
+    heat[10:20, 10:20] = 1
+    finding = Finding(CodedConcept("263654008", "SCT", "Abnormal"), 0.8, 0.5, True, "anomaly_score",
+                      [ImageEvidence(ds.SOPInstanceUID, None, 0.8, heat)])
+    return AnalysisResult(ds.StudyInstanceUID, version, "anomaly", AlgorithmInfo("m", "1"), [finding])
+
+
+def test_outbox_follows_destinations_and_reruns_add_nothing(db: Database, db_url: str,
+                                                            tmp_path: Path) -> None:
+    settings = Settings(storage={"data_dir": tmp_path}, database={"url": db_url}, destinations=[
+        {"name": "new", "ae_title": "NEW", "host": "h", "port": 1},
+        {"name": "old", "ae_title": "OLD", "host": "h", "port": 2, "sr_sop_class": "comprehensive"},
+        {"name": "other", "ae_title": "OTHER", "host": "h", "port": 3},
+    ])
+    pipeline = PipelineSettings(name="anomaly", model="m", outputs=["sr", "sc"])
+    ds = radiograph(size=256, seed=1)
+    now = utcnow()
+    with db.session() as s:
+        study = Study(study_instance_uid=ds.StudyInstanceUID, version=1, state="processing",
+                      version_started_at=now, first_received_at=now, last_received_at=now)
+        s.add(study)
+        s.flush()
+        study_id = study.id
+    written = write_objects(settings, pipeline, _result(ds), [ds])
+    assert sorted(w.sop_class_uid for w in written) == sorted([SR_3D, SR_88_33, SC])
+    assert_valid_dicom([w.path for w in written])
+
+    def record() -> int:
+        return record_outputs(db, settings, study_id=study_id, version=1, job_id=None,
+                              model_name="m", model_version="1", backend="onnxruntime",
+                              result=_result(ds), written=written, inference_ms=1.0, images=1,
+                              destinations=["new", "old"])
+
+    assert record() == 4  # new: 3D SR + SC; old: 88.33 SR + SC; "other" not routed here
+    with db.read() as s:
+        rows = {(d.destination, d.sop_class_uid) for d in s.scalars(select(Delivery))}
+    assert rows == {("new", SR_3D), ("new", SC), ("old", SR_88_33), ("old", SC)}
+    again = write_objects(settings, pipeline, _result(ds), [ds])  # a retried task
+    assert [w.sop_instance_uid for w in again] == [w.sop_instance_uid for w in written]
+    assert record() == 0
+    with db.read() as s:
+        assert len(s.scalars(select(Delivery)).all()) == 4
+        assert len(s.scalars(select(FindingRow)).all()) == 1
+
+    # a second study version supersedes the first version's SRs
+    v2 = write_objects(settings, pipeline, _result(ds, version=2), [ds])
+    assert {w.sop_instance_uid for w in v2}.isdisjoint({w.sop_instance_uid for w in written})
+    previous = previous_results(settings, ds.StudyInstanceUID, 2, "anomaly")
+    assert {p.sop_instance_uid for p in previous} == {
+        w.sop_instance_uid for w in written if w.role.startswith("sr")}

@@ -1,0 +1,1 @@
+"""pacsai worker package."""

@@ -1,0 +1,32 @@
+"""``python -m worker``: run a Celery worker for pacsai (see ``pacsai worker``)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def main(argv: list[str] | None = None) -> None:
+    from daemon.config import load_settings
+    from daemon.queue import embedded_broker_folders
+
+    settings = load_settings()
+    if settings.broker_url.startswith("filesystem://"):
+        # kombu's filesystem transport moves consumed messages through TMPDIR: keep
+        # that on the broker's file system so the move is a rename.
+        tmp = embedded_broker_folders(settings)["tmp"]
+        os.makedirs(tmp, mode=0o700, exist_ok=True)
+        os.environ["TMPDIR"] = tmp
+        import tempfile
+
+        tempfile.tempdir = tmp
+    from worker.celery_app import app
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--pool" in args:  # tasks read it to decide on dynamic batching
+        os.environ["PACSAI_WORKER_POOL"] = args[args.index("--pool") + 1]
+    app.worker_main(["worker", *args])
+
+
+if __name__ == "__main__":
+    main()

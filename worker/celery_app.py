@@ -1,0 +1,14 @@
+"""The Celery application the workers run (``python -m worker`` / ``pacsai worker``)."""
+
+from __future__ import annotations
+
+from daemon.config import load_settings
+from daemon.logs import configure_logging
+from daemon.queue import make_celery
+
+settings = load_settings()
+configure_logging(settings.logging.level, json_logs=settings.logging.json_logs)
+app = make_celery(settings, name="pacsai-worker")
+app.conf.update(include=["worker.tasks"])
+
+import worker.control  # noqa: E402,F401 - signal handlers and the pacsai_info inspect command

@@ -1,0 +1,208 @@
+"""Celery tasks. They carry ids only; the database holds everything else."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from pathlib import Path
+
+from celery import Task
+from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+from celery.signals import task_failure, worker_process_init, worker_ready
+from pydicom import dcmread
+from sqlalchemy import select
+
+from daemon.queue import TASK_DELIVER, TASK_PROCESS_STUDY, send_delivery
+from daemon.spool import Spool
+from daemon.store.db import Database
+from daemon.store.models import Instance, Job, Study
+from inference import InferenceSettings, ModelCache, default_models_dir
+from worker import jobs
+from worker.analysis import NothingToAnalyse, analyse
+from worker.batching import get_batcher
+from worker.celery_app import app, settings
+from worker.delivery import deliver_due
+from worker.indexing import index_study
+from worker.outputs import previous_results, record_outputs, write_objects
+
+log = logging.getLogger(__name__)
+
+_db: Database | None = None
+_models: ModelCache | None = None
+
+
+def database() -> Database:
+    """One engine per worker process, created after the fork."""
+    global _db
+    if _db is None:
+        _db = Database(settings.database_url)
+    return _db
+
+
+def models() -> ModelCache:
+    """Models are loaded once per worker process and kept warm."""
+    global _models
+    if _models is None:
+        inf = settings.inference
+        _models = ModelCache(
+            roots=[*inf.models_dirs, default_models_dir()],
+            settings=InferenceSettings(
+                backend=inf.backend, device=inf.device, precision=inf.precision,
+                intra_op_threads=inf.intra_op_threads, max_batch=inf.max_batch,
+                engine_cache_dir=settings.engine_cache_dir,
+            ),
+        )
+    return _models
+
+
+def batching_enabled() -> bool:
+    """Dynamic batching pays where tasks share a process: thread-pool (GPU) workers."""
+    mode = settings.inference.dynamic_batching
+    if mode == "auto":
+        return os.environ.get("PACSAI_WORKER_POOL") in ("threads", "gevent", "eventlet")
+    return mode == "on"
+
+
+def spool() -> Spool:
+    return Spool(settings.spool_dir, min_free_bytes=0, fsync=False)
+
+
+def _study_files(db: Database, study_id: int, version: int) -> tuple[str, list[Path]]:
+    sp = spool()
+    with db.session() as session:
+        study = session.get(Study, study_id)
+        assert study is not None
+        rels = session.scalars(select(Instance.file_path).where(
+            Instance.study_id == study_id, Instance.version <= version)).all()
+        return study.study_instance_uid, [sp.path(r) for r in rels]
+
+
+def run_pipeline(db: Database, job: Job) -> dict[str, object]:
+    """Index, analyse, write results and fill the outbox for one job; return event details."""
+    pipeline = next((p for p in settings.pipelines if p.name == job.pipeline), None)
+    if pipeline is None:
+        raise LookupError(f"pipeline {job.pipeline!r} is not configured")
+    index_study(db, spool(), job.study_id)
+    study_uid, paths = _study_files(db, job.study_id, job.version)
+    model = models().get(pipeline.model)
+    batcher = None
+    if batching_enabled():
+        batcher = get_batcher(model, settings.inference.max_batch, settings.inference.max_delay_ms)
+    analysis = analyse(model, pipeline, paths, study_uid=study_uid, version=job.version,
+                       batch_size=settings.inference.max_batch,
+                       predict=batcher.submit if batcher else None)
+    result = analysis.result
+    result.supersedes = previous_results(settings, study_uid, job.version, pipeline.name)
+    evidence = {img.sop_instance_uid for f in result.findings for img in f.images}
+    sources = [dcmread(c.path) for c in analysis.candidates if c.sop_instance_uid in evidence]
+    written = write_objects(settings, pipeline, result, sources)
+    t = analysis.timings
+    new = record_outputs(
+        db, settings, study_id=job.study_id, version=job.version, job_id=job.id,
+        model_name=model.name, model_version=model.version, backend=model.backend, result=result,
+        written=written, inference_ms=t.inference_s * 1000, images=t.images,
+        destinations=job.destinations,
+    )
+    reasons = Counter(s.reason for s in result.skipped)
+    return {"images": t.images, "skipped": dict(reasons), "objects": len(written),
+            "deliveries": new, "decode_s": round(t.decode_s, 3),
+            "inference_s": round(t.inference_s, 3), "model": f"{model.name} {model.version}",
+            "backend": model.backend,
+            "positive": [f.label.meaning for f in result.findings if f.present],
+            **({"batching": {"batches": batcher.stats.batches,
+                             "mean_size": round(batcher.stats.mean_batch_size, 2)}}
+               if batcher else {})}
+
+
+@app.task(name=TASK_PROCESS_STUDY, bind=True)
+def process_study(self: Task, job_id: int, study_id: int, version: int) -> None:
+    """Run one study version through one pipeline, then ring for delivery."""
+    db = database()
+    job = jobs.claim(db, job_id, self.request.id or "", settings.worker.max_attempts,
+                     worker=self.request.hostname or "")
+    if job is None:
+        log.info("job %d is not claimable (finished or held elsewhere); message dropped", job_id)
+        return
+    with jobs.heartbeat(db, job_id, settings.worker.heartbeat_seconds):
+        try:
+            detail = run_pipeline(db, job)
+        except NothingToAnalyse as exc:
+            reasons = dict(Counter(s.reason for s in exc.skipped))
+            undecodable = [r for r in reasons if r.startswith("cannot decode")]
+            if undecodable:  # images were meant for the model but none could be read
+                jobs.finish(db, job_id, error=f"no image could be decoded: {undecodable[0]}"[:2000],
+                            skipped=reasons)
+            else:  # nothing here is for this model: recorded, not a failure
+                jobs.finish(db, job_id, images=0, note=str(exc), skipped=reasons)
+            log.info("job %d: %s", job_id, exc)
+            return
+        except SoftTimeLimitExceeded:
+            jobs.finish(db, job_id, error="time limit exceeded")
+            return
+        except Exception as exc:  # noqa: BLE001 - becomes the job's failure reason
+            log.exception("job %d failed", job_id)
+            jobs.finish(db, job_id, error=f"{type(exc).__name__}: {exc}"[:2000])
+            return
+    jobs.finish(db, job_id, **detail)
+    log.info("job %d: study %d v%d through %s: %s images, %s objects", job_id, study_id, version,
+             job.pipeline, detail["images"], detail["objects"])
+    if detail["deliveries"]:
+        for dest in settings.destinations:
+            if job.destinations is None or dest.name in job.destinations:
+                send_delivery(app, dest.name)
+
+
+def warm_models() -> None:
+    """Load every configured pipeline's model now, not on the first study."""
+    for pipeline in settings.pipelines:
+        try:
+            models().get(pipeline.model)
+        except Exception:  # noqa: BLE001 - the job will fail with the reason; keep serving
+            log.exception("pipeline %s: model %s cannot be loaded", pipeline.name, pipeline.model)
+
+
+@worker_process_init.connect
+def _warm_pool_process(**_: object) -> None:
+    warm_models()
+
+
+@worker_ready.connect
+def _warm_threads_pool(sender: object = None, **_: object) -> None:
+    pool = getattr(sender, "pool", None)
+    if "prefork" not in type(pool).__module__:  # prefork children warm themselves
+        warm_models()
+
+
+@task_failure.connect
+def _hard_time_limit(sender: Task | None = None, exception: BaseException | None = None,
+                     kwargs: dict | None = None, **_: object) -> None:
+    """The pool killed a task at its hard limit: the job fails with that reason.
+
+    Runs in the worker's main process (which forks pool children), so it uses a
+    short-lived engine of its own rather than a connection a child could inherit.
+    """
+    if not isinstance(exception, TimeLimitExceeded) or sender is None \
+            or sender.name != TASK_PROCESS_STUDY or not kwargs:
+        return
+    db = Database(settings.database_url)
+    try:
+        with db.session() as session:  # the killed child could not finish: we do
+            job = session.get(Job, kwargs["job_id"])
+            running = job is not None and job.state == "running"
+        if running:
+            jobs.finish(db, kwargs["job_id"],
+                        error=f"hard time limit ({settings.worker.task_time_limit:g} s) exceeded: "
+                              "the model did not return; the worker process was replaced")
+    finally:
+        db.dispose()
+
+
+@app.task(name=TASK_DELIVER)
+def deliver(destination: str) -> None:
+    """Send what is due for one destination (batches until nothing is due)."""
+    db = database()
+    for _ in range(50):
+        report = deliver_due(db, settings, destination)
+        if report.sent + report.failed + report.dead == 0:
+            return
