@@ -37,6 +37,15 @@ def echo(port: int, aet: str = "PACSAI", calling: str = "TESTSCU", timeout: floa
     return bool(status) and status.Status == 0
 
 
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    """True once something accepts TCP connections on ``host:port``."""
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
 def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.1) -> Any:
     deadline = time.monotonic() + timeout
     while True:
@@ -83,6 +92,10 @@ class PacsaiProcess:
         )
         try:
             wait_until(lambda: self._alive() and self.ready(self.port), timeout, 0.2)
+            # the admin HTTP service starts after the listener: wait for it as well
+            admin_port = int(self.env.get("PACSAI_ADMIN__PORT", "0"))
+            if admin_port:
+                wait_until(lambda: self._alive() and port_open(admin_port), timeout, 0.2)
         except TimeoutError:
             raise RuntimeError(f"pacsai did not start; log:\n{self.log()[-4000:]}") from None
         return self
