@@ -358,7 +358,7 @@ class Settings(BaseSettings):
     def broker_url(self) -> str:
         if self.broker.url is not None and self.broker.url.get_secret_value():
             return self.broker.url.get_secret_value()
-        return "filesystem://"
+        return "filesystem://localhost//"  # a host name keeps kombu from warning that none was given
 
     @property
     def results_dir(self) -> Path:

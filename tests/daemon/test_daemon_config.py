@@ -31,7 +31,7 @@ def test_defaults_give_an_embedded_system(tmp_path: Path) -> None:
     assert s.study.quiet_seconds == 2
     assert s.admin.host == "127.0.0.1"
     assert s.database_url.startswith("sqlite:///") and s.database_url.endswith("pacsai.db")
-    assert s.broker_url == "filesystem://"
+    assert s.broker_url == "filesystem://localhost//"
 
 
 def test_toml_and_env_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
