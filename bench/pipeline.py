@@ -86,7 +86,7 @@ def run(workers: int, studies: int, work: Path) -> dict[str, float]:
             try:
                 for i in range(5):  # idle overhead: one study at a time
                     send_datasets(proc.port, [radiograph(size=1024, seed=10_000 + i)])
-                    wait_until(lambda: delivered(db, i + 1), 60, 0.02)
+                    wait_until(lambda n=i + 1: delivered(db, n), 60, 0.02)
                 idle = queue_waits(db)
                 for w in pool:
                     w.stop()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import datetime
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass

@@ -129,7 +129,8 @@ class DynamicBatcher:
             request.fail(TimeoutError(f"{self.model.name}: no result within {timeout} s"))
         if request.error is not None:
             raise request.error
-        return request.results  # type: ignore[return-value] - all filled when done without error
+        # all filled when done without error
+        return request.results  # type: ignore[return-value]
 
     def _check(self, images: np.ndarray) -> np.ndarray:
         images = np.asarray(images)

@@ -218,7 +218,7 @@ def test_pynetdicom_scu_two_associations_and_resend(serve: PacsaiProcess) -> Non
         assert s.scalar(select(func.count()).select_from(Instance)
                         .where(Instance.study_id == study.id)) == 8
         assert s.scalar(select(func.count()).select_from(Job).where(Job.study_id == study.id)) == 1
-    files = list((serve.data_dir / "spool" / "studies").glob(f"*/*/*.dcm"))
+    files = list((serve.data_dir / "spool" / "studies").glob("*/*/*.dcm"))
     assert len({f.name for f in files}) == len(files)
 
 

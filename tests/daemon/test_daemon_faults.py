@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import ssl
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 import pytest

@@ -28,6 +28,7 @@ def test_engine_refuses_cleanly_without_gpu(tmp_path):
     ok, why = tensorrt_engine.available()
     if ok:
         pytest.skip("GPU + tensorrt present: covered by test_tensorrt_matches_pytorch")
+    assert why, "the reason TensorRT is not usable must be given (it is logged at start-up)"
     from inference import InferenceSettings
     from inference.engines.base import EngineError
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -84,7 +83,7 @@ def test_orthanc_round_trip_and_outage(tmp_path: Path) -> None:
         src.save_as(path, enforce_file_format=True)
         orthanc.upload(path)
         study_id = orthanc.study_id(src.StudyInstanceUID)
-        orthanc.post(f"/modalities/pacsai/store", study_id)
+        orthanc.post("/modalities/pacsai/store", study_id)
         wait_until(lambda: all_sent(db, src.StudyInstanceUID), 120, 0.25)
         found = series_by_class(orthanc, study_id)
         assert len(found[SR_3D]) == 2  # one SR per pipeline (classifier, anomaly)
