@@ -103,6 +103,9 @@ class DatabaseSettings(_Section):
 
 class BrokerSettings(_Section):
     url: SecretStr | None = Field(None, description="Empty: the embedded broker in data_dir.")
+    socket_timeout_seconds: float = Field(
+        30.0, gt=0, description="Redis: a connect or a reply that takes longer is an error, so a "
+        "frozen Redis (hung host, network partition) raises instead of blocking forever.")
 
 
 class StudySettings(_Section):

@@ -7,7 +7,10 @@ reconciler can tell a job still waiting in the broker from one the broker lost.
 
 from __future__ import annotations
 
+import logging
+import queue
 import threading
+from collections.abc import Callable
 
 from celery import Celery
 from sqlalchemy import update
@@ -17,6 +20,8 @@ from daemon.routing import redis_priority
 from daemon.store.db import Database
 from daemon.store.models import Job, JobState
 from daemon.study_tracker import CompletedJob
+
+log = logging.getLogger(__name__)
 
 
 class Dispatcher:
@@ -36,3 +41,44 @@ class Dispatcher:
             session.execute(update(Job).where(Job.id == job.job_id, Job.state == JobState.QUEUED)
                             .values(task_id=task_id))
         return task_id
+
+
+class Doorbell:
+    """Sends jobs' tasks from a thread of its own.
+
+    Whoever queues a job (the study tracker, the reconciler, the admin API) has committed it
+    to the database already; ringing only hands it over here. A slow or frozen broker thus
+    never holds up the tracker, which the listener needs to acknowledge instances. A task that
+    cannot be sent leaves its job queued in the database, and the reconciler sends it again.
+    """
+
+    def __init__(self, dispatch: Callable[[CompletedJob], str]) -> None:
+        self.dispatch = dispatch
+        self._inbox: queue.Queue[CompletedJob | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="doorbell", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop after the jobs already handed over (or after ``timeout``: they stay queued)."""
+        self._inbox.put(None)
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def ring(self, job: CompletedJob) -> None:
+        self._inbox.put(job)
+
+    def waiting(self) -> int:
+        """Jobs handed over whose task is not sent yet."""
+        return self._inbox.qsize()
+
+    def _run(self) -> None:
+        while (job := self._inbox.get()) is not None:
+            try:
+                self.dispatch(job)
+            except Exception as exc:  # noqa: BLE001 - the job is safe in the database
+                log.warning("could not send the task of job %d (study %d v%d): %s; the job "
+                            "stays queued and the reconciler sends it again",
+                            job.job_id, job.study_id, job.version, exc)

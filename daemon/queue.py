@@ -55,6 +55,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "queue_order_strategy": "priority",
             "priority_steps": list(range(10)),
             "sep": ":",
+            # kombu's default is no timeout at all: one frozen Redis would block forever
+            "socket_timeout": settings.broker.socket_timeout_seconds,
+            "socket_connect_timeout": settings.broker.socket_timeout_seconds,
         })
         conf["task_default_priority"] = 5
         conf["broker_connection_max_retries"] = None  # keep reconnecting to a restarted Redis

@@ -71,7 +71,7 @@ class Reconciler:
         """Ask for a delivery run for every destination with outbox rows due now."""
         if self.deliver is None:
             return []
-        with self.db.session() as session:
+        with self.db.read() as session:
             due = list(session.scalars(
                 select(Delivery.destination).distinct()
                 .where(Delivery.state == DeliveryState.PENDING, Delivery.next_attempt_at <= utcnow())
@@ -85,13 +85,19 @@ class Reconciler:
 
     def run_once(self, *, resend_all_queued: bool = False) -> list[int]:
         """One pass; returns the ids of the jobs re-sent."""
+        # Ask the broker first, outside any write transaction: a slow or unreachable broker
+        # must never hold SQLite's write lock, which the listener needs to record instances.
+        held: set[str] | None = None
+        if self.pending is not None:
+            with self.db.read() as session:
+                queued = set(session.scalars(
+                    select(Job.queue).distinct().where(Job.state == JobState.QUEUED)))
+            if queued:
+                held = self.pending(sorted(queued))
         now = utcnow()
         resend: list[CompletedJob] = []
         with self.db.session() as session:
             jobs = session.scalars(select(Job).where(Job.state.in_(JobState.ACTIVE))).all()
-            held: set[str] | None = None
-            if self.pending is not None and any(j.state == JobState.QUEUED for j in jobs):
-                held = self.pending(sorted({j.queue for j in jobs}))
             for job in jobs:
                 study = session.get(Study, job.study_id)
                 if study is None:

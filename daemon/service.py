@@ -18,7 +18,7 @@ from daemon.config import CONFIG_ENV, Settings
 from daemon.listener import Listener
 from daemon.notify import Notifier
 from daemon.queue import make_celery, send_delivery
-from daemon.dispatch import Dispatcher
+from daemon.dispatch import Dispatcher, Doorbell
 from daemon.reconciler import Reconciler
 from daemon.routing import Router
 from daemon.recovery import recover_spool
@@ -73,6 +73,7 @@ class ListenerService:
                            fsync=settings.storage.fsync == "always")
         self.celery: Celery = make_celery(settings, name="pacsai-listener")
         self.dispatch = Dispatcher(self.celery, self.db)
+        self.doorbell = Doorbell(self.dispatch)
         self.tracker = StudyTracker(
             self.db,
             quiet_seconds=settings.study.quiet_seconds,
@@ -100,8 +101,8 @@ class ListenerService:
         self.admin: AdminServer | None = None
 
     def enqueue(self, job: CompletedJob) -> None:
-        """Send the job's task and remember its id (the reconciler looks for it in the broker)."""
-        self.dispatch(job)
+        """Have the job's task sent (from the doorbell's thread; the job is committed already)."""
+        self.doorbell.ring(job)
 
     def ring_delivery(self, destination: str) -> None:
         with self.dispatch.lock:  # the same producer connection
@@ -109,6 +110,7 @@ class ListenerService:
 
     def start(self) -> None:
         self.db.upgrade()
+        self.doorbell.start()
         self.tracker.start()
         recover_spool(self.spool, self.db, self.tracker)
         self.reconciler.run_once(resend_all_queued=True)
@@ -134,6 +136,7 @@ class ListenerService:
         self.listener.stop()
         self.reconciler.stop()
         self.tracker.stop()
+        self.doorbell.stop()  # what it could not send stays queued: start-up re-sends it
         self.db.dispose()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import sqlite3
 from pathlib import Path
 
 from sqlalchemy import select
@@ -75,3 +76,32 @@ def test_dead_workers_jobs_requeued_then_failed(db: Database, tmp_path: Path) ->
     assert jobs[lost].state == "queued" and jobs[alive].state == "running"
     assert jobs[exhausted].state == "failed" and "worker lost" in jobs[exhausted].error
     assert studies[jobs[exhausted].study_id].state == "failed"
+
+
+def test_broker_is_asked_without_holding_the_write_lock(tmp_path: Path) -> None:
+    """A slow broker must not stall the listener, which needs SQLite's write lock per instance."""
+    url = f"sqlite:///{tmp_path / 'pacsai.db'}"
+    db = Database(url)
+    db.upgrade()
+    job_id = _job(db, "queued", queued_at=utcnow() - dt.timedelta(hours=1))
+    writes_while_asking: list[bool] = []
+
+    def slow_broker(queues: list[str]) -> set[str]:
+        other = sqlite3.connect(tmp_path / "pacsai.db", timeout=0.2, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")  # what the listener's tracker does per instance
+            other.execute("ROLLBACK")
+            writes_while_asking.append(True)
+        except sqlite3.OperationalError:  # "database is locked"
+            writes_while_asking.append(False)
+        finally:
+            other.close()
+        assert queues == ["infer"]
+        return set()  # the broker holds nothing: the job is re-sent
+
+    sent: list[CompletedJob] = []
+    reconciler = Reconciler(db, sent.append, pending=slow_broker, interval=1, requeue_after=60,
+                            heartbeat_timeout=30, max_attempts=3)
+    assert reconciler.run_once() == [job_id]
+    assert writes_while_asking == [True]
+    db.dispose()
