@@ -10,6 +10,7 @@ rewrites identical objects and finds its outbox rows already there.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 from dataclasses import dataclass
@@ -42,14 +43,40 @@ class WrittenObject:
     role: str  # "sr" | "sr-88.33" | "sc" | "pm"
 
 
-def _save(ds: Dataset, folder: Path) -> Path:
+def _save(ds: Dataset, folder: Path, *, fsync: bool = True) -> Path:
+    """Write atomically (mode 0600), durable before the outbox row that points at it.
+
+    A failed write (a full disk) leaves nothing behind: the job fails with the reason and
+    a retry writes the same objects again (their UIDs are deterministic).
+    """
+    created = not folder.is_dir()
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     name = hashlib.sha256(str(ds.SOPInstanceUID).encode()).hexdigest()[:40] + ".dcm"
     final = folder / name
     tmp = folder / f".{name}.part"
-    ds.save_as(tmp, enforce_file_format=True)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, final)
+    encoded = io.BytesIO()  # encoded first: pydicom would hide a write error's errno
+    ds.save_as(encoded, enforce_file_format=True)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            view = encoded.getbuffer()
+            while view:
+                view = view[os.write(fd, view):]
+            if fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, final)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OSError(exc.errno, f"cannot write a result object in {folder}: {exc.strerror}") from exc
+    if fsync:  # the new entry, and on the first object the new folders' own entries
+        for directory in [folder, *(folder.parents[:3] if created else [])]:
+            fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
     return final
 
 
@@ -85,7 +112,7 @@ def write_objects(settings: Settings, pipeline: PipelineSettings, result: Analys
     written: list[WrittenObject] = []
 
     def keep(ds: Dataset, role: str) -> None:
-        path = _save(ds, folder)
+        path = _save(ds, folder, fsync=settings.storage.fsync == "always")
         written.append(WrittenObject(path, str(ds.SOPInstanceUID), str(ds.SOPClassUID),
                                      str(ds.SeriesInstanceUID), role))
 
