@@ -53,7 +53,13 @@ class Database:
             event.listen(self.engine, "connect", _sqlite_pragmas)
             event.listen(self.engine, "begin", _sqlite_begin)
         else:
-            self.engine = create_engine(url, echo=echo, pool_pre_ping=True, pool_size=5)
+            # An unreachable server must fail in seconds, not after the OS's TCP timeout
+            # (minutes), and a connection to a dead peer must be noticed; the URL may override.
+            defaults = {"connect_timeout": 10, "keepalives": 1, "keepalives_idle": 30,
+                        "keepalives_interval": 10, "keepalives_count": 3}
+            connect_args = {k: v for k, v in defaults.items() if k not in parsed.query}
+            self.engine = create_engine(url, echo=echo, pool_pre_ping=True, pool_size=5,
+                                        connect_args=connect_args)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._readers = sessionmaker(
             self.engine.execution_options(pacsai_read_only=True), expire_on_commit=False
