@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import socket
+import subprocess
 import time
 
 import pytest
@@ -119,6 +122,31 @@ def test_storescp_aborts(storescp, results):
     assert {o.category for o in outcomes} == {"failure"}
     assert outcomes[0].status is None
     assert all(o.error for o in outcomes)
+
+
+@requires_dcmtk
+def test_frozen_pacs_costs_one_timeout_then_delivers(storescp, results):
+    """A PACS that accepts TCP but never answers (storescp under SIGSTOP, like a hung host)."""
+    aet, port, outdir = storescp()
+    found = subprocess.run(["pgrep", "-f", f"storescp -aet {aet} -od {outdir}"],
+                           capture_output=True, text=True, check=True)
+    pid = int(found.stdout.split()[0])
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        outcomes = send(results, Destination(aet, "127.0.0.1", port), timeout=2)
+        elapsed = time.monotonic() - started
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    # one association timeout for the whole batch, not one per instance
+    assert elapsed < 2 + 3, elapsed
+    assert {o.category for o in outcomes} == {"failure"}
+    assert all(o.status is None and o.error for o in outcomes)
+    assert not list(outdir.iterdir())
+    # thawed: the same objects go through (the outbox retries with backoff)
+    again = send(results, Destination(aet, "127.0.0.1", port), timeout=10)
+    assert {o.category for o in again} == {"success"}
+    assert len(list(outdir.iterdir())) == len(results)
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl missing")
