@@ -153,7 +153,7 @@ class Listener:
             (evt.EVT_ACCEPTED, self._on_accepted),
             (evt.EVT_REJECTED, self._on_rejected),
             (evt.EVT_RELEASED, self._on_closed),
-            (evt.EVT_ABORTED, self._on_closed),
+            (evt.EVT_ABORTED, self._on_aborted),
             (evt.EVT_CONN_CLOSE, self._on_closed),
         ]
         handler = bounded_request_handler(max_pdu_length=s.max_pdu_size,
@@ -206,6 +206,17 @@ class Listener:
         if len(active) > self.ae.maximum_associations:
             return metrics.REJECT_LIMIT
         return metrics.REJECT_OTHER
+
+    def _on_aborted(self, event: evt.Event) -> None:
+        a = event.assoc
+        if a.dul.idle_timer_expired():  # pynetdicom's network timeout: it aborts the association
+            log.warning("association from %s (%s) went silent for %.0f s (listener.network_timeout):"
+                        " aborted; the instances it sent are kept and its study completes as usual",
+                        a.requestor.ae_title, a.requestor.address, self.settings.network_timeout)
+        else:
+            log.warning("association from %s (%s) aborted; the instances it sent are kept",
+                        a.requestor.ae_title, a.requestor.address)
+        self._on_closed(event)
 
     def _on_closed(self, event: evt.Event) -> None:
         metrics.association_closed(id(event.assoc))
