@@ -55,6 +55,8 @@ class Doorbell:
     def __init__(self, dispatch: Callable[[CompletedJob], str]) -> None:
         self.dispatch = dispatch
         self._inbox: queue.Queue[CompletedJob | None] = queue.Queue()
+        self._waiting: set[int] = set()  # job ids handed over and not yet being sent
+        self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -68,14 +70,23 @@ class Doorbell:
             self._thread.join(timeout)
 
     def ring(self, job: CompletedJob) -> None:
+        """Hand a job over; one already waiting here is not queued twice (during a long broker
+        outage the reconciler asks again and again for the same jobs)."""
+        with self._lock:
+            if job.job_id in self._waiting:
+                return
+            self._waiting.add(job.job_id)
         self._inbox.put(job)
 
     def waiting(self) -> int:
         """Jobs handed over whose task is not sent yet."""
-        return self._inbox.qsize()
+        with self._lock:
+            return len(self._waiting)
 
     def _run(self) -> None:
         while (job := self._inbox.get()) is not None:
+            with self._lock:  # from now on a new ring is a new send (this one may fail)
+                self._waiting.discard(job.job_id)
             try:
                 self.dispatch(job)
             except Exception as exc:  # noqa: BLE001 - the job is safe in the database
