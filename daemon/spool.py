@@ -23,6 +23,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from daemon.durable import fsync_dirs, write_atomically
+
 FILE_MODE = 0o600
 DIR_MODE = 0o700
 
@@ -105,28 +107,13 @@ class Spool:
             final.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
         tmp = self.tmp / f"{uuid.uuid4().hex}.part"
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
-            try:
-                for chunk in chunks:
-                    view = memoryview(chunk)
-                    while view:
-                        written = os.write(fd, view)
-                        view = view[written:]
-                if self.fsync:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, final)
+            write_atomically(tmp, final, chunks, fsync=self.fsync, mode=FILE_MODE)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise SpoolFull(exc.errno, f"disk full while writing an instance: {exc}") from exc
             raise
-        if self.fsync:
-            _fsync_dir(final.parent)
-            if new_dir:  # make the new directory entries themselves durable
-                _fsync_dir(final.parent.parent)
-                _fsync_dir(self.studies)
+        if self.fsync:  # the new entry, and for a new study folder the folders above it
+            fsync_dirs(final.parent, *([final.parent.parent, self.studies] if new_dir else []))
         return StoredFile(rel, size, outcome)
 
     def remove(self, relative_path: str) -> None:
@@ -158,10 +145,3 @@ def _same_content(path: Path, chunks: list[bytes | memoryview], size: int) -> bo
     except OSError:
         return False
 
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

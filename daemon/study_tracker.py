@@ -129,6 +129,7 @@ _ADD_TO_STUDY = _studies.update().where(_studies.c.id == bindparam("study")).val
     last_received_at=bindparam("last", type_=_studies.c.last_received_at.type),
 )
 
+
 class StudyTracker:
     """Owns study rows in the listener process (see module docstring)."""
 

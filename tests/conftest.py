@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from sqlalchemy import create_engine, text
 sys.path.insert(0, str(Path(__file__).parent))
 
 from daemon.store.db import Database  # noqa: E402
+
 
 @pytest.fixture(autouse=True)
 def _guarded_pynetdicom_scus(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -33,6 +35,25 @@ def _guarded_pynetdicom_scus(request: pytest.FixtureRequest, monkeypatch: pytest
         return guard_responses(assoc) if assoc.is_established else assoc
 
     monkeypatch.setattr(ApplicationEntity, "associate", guarded)
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
+    """Factory: mount a real tmpfs of the given size (``"1m"``) for full-disk tests (root)."""
+    mounted: list[Path] = []
+
+    def mount(size: str) -> Path:
+        mnt = tmp_path / f"tmpfs-{len(mounted)}"
+        mnt.mkdir()
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
+                          capture_output=True).returncode != 0:
+            pytest.skip("cannot mount a tmpfs here (needs root): full-disk path not exercised")
+        mounted.append(mnt)
+        return mnt
+
+    yield mount
+    for mnt in mounted:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 PG_ADMIN_URL = os.environ.get(

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from sqlalchemy import select
 
 from daemon import timeline
 from daemon.config import PipelineSettings, Settings
+from daemon.durable import fsync_dirs, write_atomically
 from daemon.store.db import Database
 from daemon.store.models import Delivery, DeliveryState, Finding, Study, utcnow
 from dicom_io.pm_writer import UnsupportedSource, write_parametric_map
@@ -57,26 +57,11 @@ def _save(ds: Dataset, folder: Path, *, fsync: bool = True) -> Path:
     encoded = io.BytesIO()  # encoded first: pydicom would hide a write error's errno
     ds.save_as(encoded, enforce_file_format=True)
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            view = encoded.getbuffer()
-            while view:
-                view = view[os.write(fd, view):]
-            if fsync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, final)
+        write_atomically(tmp, final, [encoded.getbuffer()], fsync=fsync)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise OSError(exc.errno, f"cannot write a result object in {folder}: {exc.strerror}") from exc
     if fsync:  # the new entry, and on the first object the new folders' own entries
-        for directory in [folder, *(folder.parents[:3] if created else [])]:
-            fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        fsync_dirs(folder, *(folder.parents[:3] if created else []))
     return final
 
 

@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import errno
-import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
+from dicom_checks import assert_valid_dicom
 from sqlalchemy import select
 
 from daemon.config import PipelineSettings, Settings
 from daemon.store.db import Database
-from daemon.store.models import Delivery, Finding as FindingRow, Study, utcnow
+from daemon.store.models import Delivery, Study, utcnow
+from daemon.store.models import Finding as FindingRow
 from dicom_io.results import AlgorithmInfo, AnalysisResult, CodedConcept, Finding, ImageEvidence
 from dicom_io.synthetic_study import radiograph
-from dicom_checks import assert_valid_dicom
 from worker.outputs import previous_results, record_outputs, write_objects
 
 SR_3D, SR_88_33, SC = ("1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.88.33",
@@ -75,26 +76,19 @@ def test_outbox_follows_destinations_and_reruns_add_nothing(db: Database, db_url
         w.sop_instance_uid for w in written if w.role.startswith("sr")}
 
 
-def test_full_disk_while_writing_results_leaves_nothing(tmp_path: Path) -> None:
+def test_full_disk_while_writing_results_leaves_nothing(small_tmpfs: Callable[[str], Path]) -> None:
     """Results on a real 8 MiB tmpfs: the write that hits ENOSPC fails the job cleanly."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (needs root): full-disk path not exercised")
-    try:
-        settings = Settings(storage={"data_dir": mnt})
-        pipeline = PipelineSettings(name="anomaly", model="m", outputs=["sr", "sc"])
-        ds = radiograph(size=1024, seed=3)  # the SR fits in what is left, its 3 MB heatmap SC not
-        (mnt / "filler").write_bytes(b"\0" * (8 * 1024 * 1024 - 512 * 1024))
-        with pytest.raises(OSError) as err:
-            write_objects(settings, pipeline, _result(ds), [ds])
-        assert err.value.errno == errno.ENOSPC
-        left = [p.name for p in (mnt / "results").rglob("*") if p.is_file()]
-        assert not [n for n in left if n.endswith(".part")], left
-        (mnt / "filler").unlink()  # space again: the retried job writes everything
-        written = write_objects(settings, pipeline, _result(ds), [ds])
-        assert_valid_dicom([w.path for w in written])
-        assert all(oct(w.path.stat().st_mode & 0o777) == "0o600" for w in written)
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
+    mnt = small_tmpfs("8m")
+    settings = Settings(storage={"data_dir": mnt})
+    pipeline = PipelineSettings(name="anomaly", model="m", outputs=["sr", "sc"])
+    ds = radiograph(size=1024, seed=3)  # the SR fits in what is left, its 3 MB heatmap SC not
+    (mnt / "filler").write_bytes(b"\0" * (8 * 1024 * 1024 - 512 * 1024))
+    with pytest.raises(OSError) as err:
+        write_objects(settings, pipeline, _result(ds), [ds])
+    assert err.value.errno == errno.ENOSPC
+    left = [p.name for p in (mnt / "results").rglob("*") if p.is_file()]
+    assert not [n for n in left if n.endswith(".part")], left
+    (mnt / "filler").unlink()  # space again: the retried job writes everything
+    written = write_objects(settings, pipeline, _result(ds), [ds])
+    assert_valid_dicom([w.path for w in written])
+    assert all(oct(w.path.stat().st_mode & 0o777) == "0o600" for w in written)
