@@ -4,6 +4,14 @@ One association per batch. :func:`send` never raises for network or peer
 problems: every instance gets an :class:`InstanceOutcome`; when the association
 cannot be established (connection refused, rejected, timed out) or is aborted,
 every instance not yet stored is a ``failure`` whose ``error`` says why.
+
+Files are streamed: the association is negotiated from each file's meta header
+(SOP class, transfer syntax), and a file is opened only when its turn comes. When
+the peer accepted the file's own transfer syntax its bytes go out as they are, read
+in PDU-sized pieces (pynetdicom's chunked send, nothing decoded); otherwise that
+one file is read, converted to a syntax the peer accepted and released before the
+next. Memory per batch is thus that of one instance at most (pynetdicom may queue a
+message's PDUs for its network thread), whatever the batch size.
 """
 
 from __future__ import annotations
@@ -11,6 +19,7 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,9 +28,12 @@ from typing import Literal
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, evt
+from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
+from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.presentation import build_context
 
 from dicom_io.scu_guard import guard_responses
@@ -100,22 +112,81 @@ def _nodelay(event: evt.Event) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def _load(item: Dataset | str | Path) -> Dataset:
-    return item if isinstance(item, Dataset) else dcmread(item)
+@dataclass(frozen=True)
+class _Item:
+    """One object to send: where it is and what its header says."""
+
+    index: int
+    source: Dataset | Path
+    sop_class: str
+    sop_instance: str
+    transfer_syntax: str | None
 
 
-def _contexts(datasets: Sequence[Dataset]) -> list:
-    """One presentation context per SOP class with every needed transfer syntax."""
-    syntaxes: dict[str, list[str]] = {}
-    for ds in datasets:
+def _header(index: int, item: Dataset | str | Path) -> _Item:
+    """SOP class, instance and transfer syntax, without reading the data set."""
+    if isinstance(item, Dataset):
+        ts = getattr(getattr(item, "file_meta", None), "TransferSyntaxUID", None)
+        return _Item(index, item, str(item.SOPClassUID), str(item.SOPInstanceUID),
+                     str(ts) if ts else None)
+    path = Path(item)
+    try:
+        meta = read_file_meta_info(path)
+        return _Item(index, path, str(meta.MediaStorageSOPClassUID),
+                     str(meta.MediaStorageSOPInstanceUID), str(meta.TransferSyntaxUID))
+    except AttributeError:  # a file meta header without those elements: read the top
+        ds = dcmread(path, stop_before_pixels=True)
         ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-        wanted = syntaxes.setdefault(ds.SOPClassUID, [])
-        for uid in (ts, ExplicitVRLittleEndian, ImplicitVRLittleEndian):
-            if uid and uid not in wanted:
-                wanted.append(uid)
-    if len(syntaxes) > 128:
-        raise ValueError("more than 128 SOP classes in one batch")
-    return [build_context(cls, ts) for cls, ts in syntaxes.items()]
+        return _Item(index, path, str(ds.SOPClassUID), str(ds.SOPInstanceUID),
+                     str(ts) if ts else None)
+
+
+_UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+
+
+def _contexts(items: Sequence[_Item]) -> list:
+    """Per SOP class: one presentation context per transfer syntax the files are in
+    (so the peer can accept each exactly and the file is sent as it is), plus one
+    offering the uncompressed syntaxes not already offered (conversion fallback)."""
+    native: dict[str, list[str]] = {}
+    for item in items:
+        wanted = native.setdefault(item.sop_class, [])
+        if item.transfer_syntax and item.transfer_syntax not in wanted:
+            wanted.append(item.transfer_syntax)
+    contexts = []
+    for cls, syntaxes in native.items():
+        contexts.extend(build_context(cls, ts) for ts in syntaxes)
+        rest = [ts for ts in _UNCOMPRESSED if ts not in syntaxes]
+        if rest:
+            contexts.append(build_context(cls, rest))
+    if len(contexts) > 128:
+        raise ValueError(f"{len(contexts)} presentation contexts needed for one batch "
+                         "(SOP classes x transfer syntaxes); at most 128")
+    return contexts
+
+
+_chunked_lock = threading.Lock()
+_chunked_users = 0
+_chunked_before = False
+
+
+@contextmanager
+def _chunked_send() -> Iterator[None]:
+    """pynetdicom sends a file path in PDU-sized reads, undecoded, only while its
+    process-wide ``STORE_SEND_CHUNKED_DATASET`` is on: on for our sends, then as it was."""
+    global _chunked_users, _chunked_before
+    with _chunked_lock:
+        if _chunked_users == 0:
+            _chunked_before = _config.STORE_SEND_CHUNKED_DATASET
+            _config.STORE_SEND_CHUNKED_DATASET = True
+        _chunked_users += 1
+    try:
+        yield
+    finally:
+        with _chunked_lock:
+            _chunked_users -= 1
+            if _chunked_users == 0:
+                _config.STORE_SEND_CHUNKED_DATASET = _chunked_before
 
 
 @contextmanager
@@ -138,7 +209,9 @@ def open_association(
 
     def _on_acse(event: evt.Event) -> None:
         prim = event.primitive
-        if getattr(prim, "result", None) not in (None, 0x00):
+        # Only an A-ASSOCIATE carries a rejection; an A-RELEASE's ``result`` is
+        # "affirmative" and it has no ``result_str``.
+        if isinstance(prim, A_ASSOCIATE) and prim.result not in (None, 0x00):
             rejection["reason"] = (
                 f"association rejected ({prim.result_str}, {prim.source_str}): {prim.reason_str}"
             )
@@ -189,16 +262,17 @@ def send(
 
     Returns one outcome per readable item, in order (unreadable files are
     failures with ``status`` None). Never raises for peer or network errors.
+    Files are read one at a time as they are sent (see the module's docstring).
     """
     outcomes: list[InstanceOutcome | None] = [None] * len(items)
-    datasets: list[tuple[int, Dataset]] = []
+    headers: list[_Item] = []
     for i, item in enumerate(items):
         try:
-            datasets.append((i, _load(item)))
+            headers.append(_header(i, item))
         except Exception as exc:  # unreadable file
             outcomes[i] = InstanceOutcome(str(item), None, "failure", f"cannot read: {exc}")
-    if datasets:
-        _send_batch(datasets, destination, timeout, outcomes)
+    if headers:
+        _send_batch(headers, destination, timeout, outcomes)
     done = [o for o in outcomes if o is not None]
     counts = {c: sum(o.category == c for o in done) for c in ("success", "warning", "failure")}
     logger.info(
@@ -209,24 +283,26 @@ def send(
 
 
 def _send_batch(
-    datasets: list[tuple[int, Dataset]],
+    items: list[_Item],
     destination: Destination,
     timeout: float,
     outcomes: list[InstanceOutcome | None],
 ) -> None:
     def fail_rest(reason: str) -> None:
-        for i, ds in datasets:
-            if outcomes[i] is None:
-                outcomes[i] = InstanceOutcome(ds.SOPInstanceUID, None, "failure", reason)
+        for item in items:
+            if outcomes[item.index] is None:
+                outcomes[item.index] = InstanceOutcome(item.sop_instance, None, "failure", reason)
 
     try:
-        contexts = _contexts([ds for _, ds in datasets])
-        with open_association(destination, contexts, timeout) as assoc:
-            for i, ds in datasets:
+        contexts = _contexts(items)
+        with open_association(destination, contexts, timeout) as assoc, _chunked_send():
+            exact = {(cx.abstract_syntax, cx.transfer_syntax[0])
+                     for cx in assoc.accepted_contexts}
+            for item in items:
                 if not assoc.is_established:
                     fail_rest("association aborted or released before sending")
                     return
-                outcomes[i] = outcome = _store_one(assoc, ds)
+                outcomes[item.index] = outcome = _store_one(assoc, item, exact)
                 if outcome.status is None and outcome.error == NO_RESPONSE:
                     # The association is in an unknown state: stop, don't wait
                     # a DIMSE timeout per remaining instance.
@@ -241,10 +317,19 @@ def _send_batch(
         fail_rest(str(exc))
 
 
-def _store_one(assoc: Association, ds: Dataset) -> InstanceOutcome:
-    uid = str(ds.SOPInstanceUID)
+def _store_one(assoc: Association, item: _Item, exact: set[tuple[str, str]]) -> InstanceOutcome:
+    uid = item.sop_instance
     try:
-        rsp = assoc.send_c_store(ds)
+        if isinstance(item.source, Path) and (item.sop_class, item.transfer_syntax) in exact:
+            rsp = assoc.send_c_store(item.source)  # streamed from the file, as it is
+        else:
+            # A data set in memory, or a file the peer takes only in another syntax:
+            # this one file is decoded, converted and released.
+            ds = item.source if isinstance(item.source, Dataset) else dcmread(item.source)
+            rsp = assoc.send_c_store(ds)
+            del ds
+    except (OSError, InvalidDicomError) as exc:  # the file went or changed since its header
+        return InstanceOutcome(uid, None, "failure", f"cannot read: {exc}")
     except (ValueError, AttributeError, RuntimeError) as exc:  # no accepted context etc.
         return InstanceOutcome(uid, None, "failure", str(exc))
     if "Status" not in rsp:
