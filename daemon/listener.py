@@ -37,9 +37,9 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.transport import ThreadedAssociationServer
 
-from daemon import metrics
+from daemon import metrics, redact
 from daemon.config import ListenerSettings
-from daemon.spool import Spool, SpoolFull
+from daemon.spool import Spool, SpoolFull, StoredFile
 from daemon.study_tracker import Arrival, StudyTracker
 from daemon.transport import bounded_request_handler
 from dicom_io.wire import MalformedDataset, inspect_dataset
@@ -237,6 +237,23 @@ class Listener:
             self._count_failure(metrics.REFUSE_MISMATCH)
             log.warning("refused an instance whose SOP Instance UID differs from the command's")
             return _status(DATASET_MISMATCH, "SOP Instance UID differs from the C-STORE command")
+        # Shared study lock from the spool write until the row is committed: retention
+        # never removes a file that was acknowledged after it decided (daemon.spool).
+        with self.spool.study_lock(header.study_instance_uid):
+            stored = self._store_and_record(event, header, ts, stream)
+        if not isinstance(stored, StoredFile):
+            return stored
+        with self.stats_lock:
+            self.stats["instances"] += 1
+            self.stats["bytes"] += stored.size
+        metrics.instance_received(stored.size)
+        log.debug("stored %s (%s)", stored.relative_path, stored.outcome.value)
+        return SUCCESS
+
+    def _store_and_record(self, event: evt.Event, header: Any, ts: str,
+                          stream: Any) -> StoredFile | Dataset:
+        """Spool the instance and commit its row: the file, or the failure status to answer."""
+        assoc = event.assoc
         try:
             stored = self.spool.store(
                 header.study_instance_uid,
@@ -249,7 +266,7 @@ class Listener:
             return _status(OUT_OF_RESOURCES, "out of resources: spool disk full")
         except OSError as exc:
             self._count_failure(metrics.REFUSE_WRITE)
-            log.error("could not write an instance to the spool: %s", exc)
+            log.error("could not write an instance to the spool: %s", redact.reason(exc))
             return _status(OUT_OF_RESOURCES, "out of resources: spool write failed")
         try:
             self.tracker.record(Arrival(
@@ -262,14 +279,9 @@ class Listener:
             ))
         except Exception as exc:  # noqa: BLE001 - the peer must hear of it
             self._count_failure(metrics.REFUSE_DATABASE)
-            log.error("could not record an instance in the database: %s", exc)
+            log.error("could not record an instance in the database: %s", redact.reason(exc))
             return _status(PROCESSING_FAILURE, "processing failure: database unavailable")
-        with self.stats_lock:
-            self.stats["instances"] += 1
-            self.stats["bytes"] += stored.size
-        metrics.instance_received(stored.size)
-        log.debug("stored %s (%s)", stored.relative_path, stored.outcome.value)
-        return SUCCESS
+        return stored
 
     def _count_failure(self, reason: str) -> None:
         metrics.instance_refused(reason)

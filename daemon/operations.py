@@ -12,6 +12,7 @@ from collections.abc import Callable
 from sqlalchemy.orm import Session
 
 from daemon import timeline
+from daemon.store import lifecycle
 from daemon.store.db import Database
 from daemon.store.models import (
     AuditEntry,
@@ -54,13 +55,12 @@ def retry_job(db: Database, job_id: int, actor: str,
         study = session.get(Study, job.study_id)
         assert study is not None
         previous = job.state
-        job.state = JobState.QUEUED
+        lifecycle.move_job(job, JobState.QUEUED)
         job.attempts = 0
-        job.error = None
+        job.error = job.error_detail = None
         job.queued_at = now
         job.started_at = job.finished_at = job.heartbeat_at = None
-        if study.version == job.version:
-            study.state = StudyState.QUEUED
+        lifecycle.follow_jobs(session, study)
         timeline.record(session, study, "requeued", version=job.version, job_id=job.id,
                         reason=f"retried by {actor}", previous=previous)
         audit(session, actor, "retry", f"job:{job_id}", previous=previous)
@@ -109,12 +109,10 @@ def cancel_job(db: Database, job_id: int, actor: str) -> None:
         study = session.get(Study, job.study_id)
         assert study is not None
         previous = job.state
-        job.state = JobState.CANCELLED
+        lifecycle.move_job(job, JobState.CANCELLED)  # a running attempt's outcome is fenced off
         job.finished_at = now
         job.error = f"cancelled by {actor}"
-        if study.version == job.version and study.state in (StudyState.QUEUED,
-                                                             StudyState.PROCESSING):
-            study.state = StudyState.FAILED
+        lifecycle.follow_jobs(session, study)
         timeline.record(session, study, "cancelled", version=job.version, job_id=job.id,
                         reason=job.error)
         audit(session, actor, "cancel", f"job:{job_id}", previous=previous)

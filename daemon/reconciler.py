@@ -19,8 +19,9 @@ from collections.abc import Callable
 from sqlalchemy import select
 
 from daemon import timeline
+from daemon.store import lifecycle
 from daemon.store.db import Database
-from daemon.store.models import Delivery, DeliveryState, Job, JobState, Study, StudyState, utcnow
+from daemon.store.models import Delivery, DeliveryState, Job, JobState, Study, utcnow
 from daemon.study_tracker import CompletedJob
 
 log = logging.getLogger(__name__)
@@ -115,18 +116,17 @@ class Reconciler:
                         continue
                     reason = "worker lost (no heartbeat)"
                     if job.attempts >= self.max_attempts:
-                        job.state = JobState.FAILED
+                        lifecycle.move_job(job, JobState.FAILED)
                         job.finished_at = now
                         job.error = f"{reason} after {job.attempts} attempt(s)"
-                        if study.version == job.version:
-                            study.state = StudyState.FAILED
+                        lifecycle.follow_jobs(session, study)
                         timeline.record(session, study, "failed", version=job.version,
                                         job_id=job.id, reason=job.error)
                         log.error("job %d failed: %s", job.id, job.error)
                         continue
-                    job.state = JobState.QUEUED
-                    if study.version == job.version:
-                        study.state = StudyState.QUEUED
+                    # the stale attempt keeps nothing: its outcome is fenced by its attempt
+                    lifecycle.move_job(job, JobState.QUEUED)
+                    lifecycle.follow_jobs(session, study)
                 job.queued_at = now
                 timeline.record(session, study, "requeued", version=job.version, job_id=job.id,
                                 reason=reason)

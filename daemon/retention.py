@@ -10,7 +10,12 @@ Only settled studies are touched:
   deliveries keep their files (an admin may retry or re-send) until their rows go.
 - rows (study, series, instances, jobs, events, deliveries, findings): ``rows_days``
   after the same moment, or after the last activity for failed ones; their
-  remaining files go with them.
+  remaining files and their result objects go with them.
+
+Each study is decided and purged under its exclusive study lock (``Spool.study_lock``),
+which receiving holds shared from an instance's spool write to its row's commit: an
+instance acknowledged while a purge runs is never removed (a re-sent instance counts
+as activity, so the study is kept another ``spool_days``).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from sqlalchemy import delete, func, select
 
 from daemon.config import Settings
 from daemon.operations import audit
-from daemon.spool import Spool
+from daemon.spool import LockBusy, Spool, results_folder
 from daemon.store.db import Database
 from daemon.store.models import (
     Delivery,
@@ -85,33 +90,22 @@ def purge(settings: Settings, db: Database, *, now: dt.datetime | None = None,
     spool_cut = now - dt.timedelta(days=settings.retention.spool_days)
     rows_cut = now - dt.timedelta(days=settings.retention.rows_days)
     report = PurgeReport()
-    with db.session() as session:
+    with db.read() as session:
         ids = session.scalars(select(Study.id).where(
             Study.state.not_in(PENDING_STUDY_STATES)).order_by(Study.id)).all()
     for study_id in ids:
-        with db.session() as session:
-            study = session.get(Study, study_id)
-            if study is None:
-                continue
-            settled, delivered = _settled_since(session, study)
-            if settled is None:
-                continue
-            if settled < rows_cut:
-                files = _files(session, spool, study)
-                if not dry_run:
-                    _remove_files(spool, files, report, study)
-                    audit(session, actor, "purge_rows", f"study:{study.id}", state=study.state)
-                    session.execute(delete(Study).where(Study.id == study.id))
-                report.rows_studies.append(study_id)
-            elif delivered and settled < spool_cut and (
-                    study.spool_purged_at is None or study.spool_purged_at < settled):
-                files = _files(session, spool, study)
-                if not dry_run:
-                    _remove_files(spool, files, report, study)
-                    study.spool_purged_at = now
-                    audit(session, actor, "purge_spool", f"study:{study.id}",
-                          files=len(files))
-                report.spool_studies.append(study_id)
+        with db.read() as session:
+            uid = session.scalar(select(Study.study_instance_uid).where(Study.id == study_id))
+        if uid is None:
+            continue
+        # Decide and remove under the study's exclusive lock: an instance being received
+        # holds it shared from its spool write to its row's commit (daemon.spool).
+        try:
+            with spool.study_lock(uid, exclusive=True, timeout=5.0):
+                _purge_one(settings, db, spool, study_id, now, spool_cut, rows_cut, actor,
+                           dry_run, report)
+        except LockBusy:
+            log.info("retention: study %d is receiving; looked at again next round", study_id)
     if not dry_run:
         with db.session() as session:
             res = session.execute(delete(QueueSample).where(
@@ -122,6 +116,41 @@ def purge(settings: Settings, db: Database, *, now: dt.datetime | None = None,
                  len(report.spool_studies), report.files_removed, report.bytes_freed,
                  len(report.rows_studies))
     return report
+
+
+def _purge_one(settings: Settings, db: Database, spool: Spool, study_id: int, now: dt.datetime,
+               spool_cut: dt.datetime, rows_cut: dt.datetime, actor: str, dry_run: bool,
+               report: PurgeReport) -> None:
+    with db.session() as session:
+        study = session.get(Study, study_id)
+        if study is None:
+            return
+        settled, delivered = _settled_since(session, study)
+        if settled is None:
+            return
+        if settled < rows_cut:
+            files = _files(session, spool, study)
+            if not dry_run:
+                _remove_files(spool, files, report, study)
+                _remove_results(settings, study)
+                audit(session, actor, "purge_rows", f"study:{study.id}", state=study.state)
+                session.execute(delete(Study).where(Study.id == study.id))
+            report.rows_studies.append(study_id)
+        elif delivered and settled < spool_cut and (
+                study.spool_purged_at is None or study.spool_purged_at < settled):
+            files = _files(session, spool, study)
+            if not dry_run:
+                _remove_files(spool, files, report, study)
+                study.spool_purged_at = now
+                audit(session, actor, "purge_spool", f"study:{study.id}", files=len(files))
+            report.spool_studies.append(study_id)
+
+
+def _remove_results(settings: Settings, study: Study) -> None:
+    """The result objects written for this life of the study (rows go: so do they)."""
+    folder = results_folder(settings.results_dir, study.study_instance_uid,
+                            study.first_received_at.isoformat())
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _files(session, spool: Spool, study: Study) -> list[Path]:  # type: ignore[no-untyped-def]

@@ -4,6 +4,7 @@ Layout under ``<data_dir>/spool``::
 
     tmp/                          partial writes; emptied at start (never acknowledged)
     studies/<ab>/<study-key>/<instance-key>.dcm
+    locks/<nn>.lock               study locks (striped, never removed), see study_lock()
 
 Keys are SHA-256 digests of the UIDs: the paths are ours, whatever a peer sends
 (a SOP Instance UID of ``../../etc/passwd`` is just another digest). Files are
@@ -14,10 +15,13 @@ the service user reads patient data.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import errno
+import fcntl
 import hashlib
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,6 +31,11 @@ from daemon.durable import fsync_dirs, write_atomically
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
+LOCK_STRIPES = 256
+
+
+class LockBusy(TimeoutError):
+    """A study lock could not be taken in time."""
 
 
 class SpoolFull(OSError):
@@ -51,6 +60,12 @@ def key(uid: str) -> str:
     return hashlib.sha256(uid.encode("ascii", "replace")).hexdigest()[:40]
 
 
+def results_folder(results_dir: Path, study_uid: str, incarnation: str = "") -> Path:
+    """Where the result objects of one life of a study are written (under ``results_dir``)."""
+    name = study_uid if not incarnation else f"{study_uid}\x1f{incarnation}"
+    return results_dir / hashlib.sha256(name.encode()).hexdigest()[:40]
+
+
 class Spool:
     """Durable, atomic storage of received instances."""
 
@@ -58,9 +73,10 @@ class Spool:
         self.root = root
         self.tmp = root / "tmp"
         self.studies = root / "studies"
+        self.locks = root / "locks"
         self.min_free_bytes = min_free_bytes
         self.fsync = fsync
-        for folder in (root, self.tmp, self.studies):
+        for folder in (root, self.tmp, self.studies, self.locks):
             folder.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
             os.chmod(folder, DIR_MODE)
 
@@ -75,6 +91,39 @@ class Spool:
 
     def path(self, relative_path: str) -> Path:
         return self.root / relative_path
+
+    # -- locking ----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def study_lock(self, study_uid: str, *, exclusive: bool = False,
+                   timeout: float | None = None) -> Iterator[None]:
+        """Hold a study's lock (``flock``: across threads and processes of this host).
+
+        Receiving holds it shared from the spool write until the instance row is committed;
+        retention holds it exclusive while it decides to remove a study's files and removes
+        them. So an instance acknowledged while a purge runs is either recorded before the
+        purge looks (and the purge sees the study active again) or written after the purge
+        is done: never removed after it was acknowledged. Locks are striped over
+        ``LOCK_STRIPES`` files that are never removed (no lock on an unlinked file).
+        """
+        stripe = int(key(study_uid)[:8], 16) % LOCK_STRIPES
+        fd = os.open(self.locks / f"{stripe:03d}.lock", os.O_RDWR | os.O_CREAT, FILE_MODE)
+        try:
+            mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+            if timeout is None:
+                fcntl.flock(fd, mode)
+            else:
+                deadline = time.monotonic() + timeout
+                while True:
+                    try:
+                        fcntl.flock(fd, mode | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if time.monotonic() >= deadline:
+                            raise LockBusy(f"study lock busy for {timeout:g} s") from None
+                        time.sleep(0.01)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     # -- capacity ----------------------------------------------------------------------------
     def free_bytes(self) -> int:

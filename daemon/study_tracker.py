@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 from sqlalchemy import BigInteger, Integer, bindparam, func, select
 from sqlalchemy.exc import IntegrityError
 
-from daemon import timeline
+from daemon import redact, timeline
 from daemon.routing import NotRouted, Router, StudyFacts
 from daemon.spool import StoredFile, StoreOutcome
+from daemon.store import lifecycle
 from daemon.store.db import Database
 from daemon.store.models import Instance, Job, JobState, Study, StudyState, utcnow
 from dicom_io.wire import DatasetHeader
@@ -90,11 +91,11 @@ def route_study(session, study: Study, router: Router, inference_queues: list[st
     (on the least-loaded inference queue), or mark the study not routed and say why."""
     routes = router.route(study_facts(session, study))
     if isinstance(routes, NotRouted):
-        study.state = StudyState.NOT_ROUTED
+        lifecycle.move_study(study, StudyState.NOT_ROUTED)
         timeline.record(session, study, "not_routed", at=now, reason=routes.reason)
         log.warning("study %s version %d not routed: %s", study.id, study.version, routes.reason)
         return routes
-    study.state = StudyState.QUEUED
+    lifecycle.move_study(study, StudyState.QUEUED)
     existing = {j.pipeline: j for j in session.scalars(
         select(Job).where(Job.study_id == study.id, Job.version == study.version))}
     load = dict(session.execute(
@@ -162,6 +163,8 @@ class StudyTracker:
         # study UID -> (id, version) of studies this thread knows to be receiving: the
         # only thread that moves a study out of RECEIVING is this one, so it stays true.
         self._receiving: dict[str, tuple[int, int]] = {}
+        # study id -> (monotonic time of the next try, pause) for studies whose completion failed
+        self._failing: dict[int, tuple[float, float]] = {}
 
     # -- called from handler threads ---------------------------------------------------------
     def record(self, arrival: Arrival) -> None:
@@ -200,7 +203,9 @@ class StudyTracker:
                 try:
                     self._apply(arrivals)
                 except Exception as exc:  # noqa: BLE001 - reported to every waiting handler
-                    log.exception("could not record %d instance(s)", len(arrivals))
+                    log.error("could not record %d instance(s): %s", len(arrivals),
+                              redact.reason(exc))
+                    log.debug("recording failure", exc_info=True)
                     for a in arrivals:
                         a.error = exc
                 finally:
@@ -298,7 +303,7 @@ class StudyTracker:
                     study = Study(
                         study_instance_uid=h.study_instance_uid,
                         version=1,
-                        state=StudyState.RECEIVING,
+                        state=lifecycle.new_study_state(),
                         calling_aet=a.calling_aet,
                         called_aet=a.called_aet,
                         version_started_at=a.received_at,
@@ -318,9 +323,9 @@ class StudyTracker:
                     and existing is not None
                     and existing.study_id == study.id
                 ):
-                    # A re-send of what we hold: idempotent, nothing to re-analyse.
-                    if study.state == StudyState.RECEIVING:
-                        study.last_received_at = a.received_at
+                    # A re-send of what we hold: idempotent, nothing to re-analyse. It still
+                    # counts as activity: retention keeps a study a PACS is sending again.
+                    study.last_received_at = max(study.last_received_at, a.received_at)
                     self._tally(a, study.id, 0)
                     continue
                 if study.state != StudyState.RECEIVING:
@@ -372,10 +377,7 @@ class StudyTracker:
 
     def _open_new_version(self, session, study: Study, a: Arrival) -> None:  # type: ignore[no-untyped-def]
         previous = study.version
-        study.version += 1
-        study.state = StudyState.RECEIVING
-        study.version_started_at = a.received_at
-        study.completed_at = None
+        lifecycle.open_version(study, a.received_at)
         timeline.record(session, study, "version_opened", at=a.received_at,
                         previous_version=previous, calling_aet=a.calling_aet)
         log.info("study %s: late instances open version %d", study.id, study.version)
@@ -402,21 +404,40 @@ class StudyTracker:
         return {sid for studies in self._open.values() for sid in studies}
 
     def _complete_due(self) -> None:
+        """Complete every study that is due, each in a transaction of its own: one study
+        that cannot be routed (an error, not a "no rule" verdict) never holds up the others;
+        it is tried again with a growing pause and logged once per try."""
         now = utcnow()
         busy = self.open_study_ids()
+        with self.db.read() as session:
+            receiving = session.execute(
+                select(Study.id, Study.version_started_at, Study.last_received_at)
+                .where(Study.state == StudyState.RECEIVING)).all()
         completed: list[CompletedJob] = []
-        with self.db.session() as session:
-            receiving = session.scalars(
-                select(Study).where(Study.state == StudyState.RECEIVING)
-            ).all()
-            for study in receiving:
-                overdue = now - study.version_started_at >= self.max_wait
-                quiet_since = max(study.last_received_at, self._started_at)
-                quiet = study.id not in busy and now - quiet_since >= self.quiet
-                if not (quiet or overdue):
-                    continue
-                completed.extend(self._complete(session, study, now,
-                                                "max_wait" if overdue and not quiet else "quiet"))
+        for study_id, started_at, last_at in receiving:
+            overdue = now - started_at >= self.max_wait
+            quiet_since = max(last_at, self._started_at)
+            quiet = study_id not in busy and now - quiet_since >= self.quiet
+            if not (quiet or overdue):
+                continue
+            retry_at, pause = self._failing.get(study_id, (0.0, 0.0))
+            if time.monotonic() < retry_at:
+                continue
+            try:
+                with self.db.session() as session:
+                    study = session.get(Study, study_id)
+                    if study is None or study.state != StudyState.RECEIVING:
+                        continue
+                    completed.extend(self._complete(
+                        session, study, now, "max_wait" if overdue and not quiet else "quiet"))
+            except Exception as exc:  # noqa: BLE001 - this study waits; the others go on
+                pause = min(max(pause * 2, 1.0), 60.0)
+                self._failing[study_id] = (time.monotonic() + pause, pause)
+                log.error("study %d could not be completed: %s; trying again in %.0f s",
+                          study_id, redact.reason(exc), pause)
+                log.debug("completion of study %d", study_id, exc_info=True)
+                continue
+            self._failing.pop(study_id, None)
         for job in completed:
             if self.on_complete is not None:
                 try:

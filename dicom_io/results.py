@@ -145,3 +145,7 @@ class AnalysisResult:
     procedure: CodedConcept | None = None
     analysed_at: datetime.datetime | None = None
     supersedes: Sequence[PreviousResult] = ()
+    #: Which life of the study this is (the receiver's record of it, e.g. when it was first
+    #: received): study versions count again from 1 once retention has forgotten a study,
+    #: so result UIDs key on this too and are never reused for different content.
+    study_incarnation: str = ""

@@ -1,9 +1,10 @@
 """Deterministic UIDs for result objects.
 
 A result UID is ``2.25.<decimal of a name-based UUID>`` (PS3.5 B.2) computed
-from (study instance UID, study version, pipeline, model version, role,
-index), so a retried or re-run task re-creates identical objects, and a new
-study version or model version yields new ones.
+from (study instance UID, the study's incarnation, study version, pipeline,
+model version, role, index), so a retried or re-run task re-creates identical
+objects, and a new study version, model version or a study received again after
+retention forgot it (its versions count from 1 again) yields new ones.
 """
 
 from __future__ import annotations
@@ -31,10 +32,12 @@ def result_uid(
     model_version: str,
     role: str,
     index: int | str = 0,
+    incarnation: str = "",
 ) -> str:
     """UID of a result object; ``role`` e.g. ``sr-series``, ``sc``, ``pm``."""
+    version: object = f"{incarnation}/{study_version}" if incarnation else study_version
     return uid_from_key(
-        "result", study_instance_uid, study_version, pipeline, model_version, role, index
+        "result", study_instance_uid, version, pipeline, model_version, role, index
     )
 
 
@@ -47,6 +50,7 @@ def for_result(result: AnalysisResult, role: str, index: int | str = 0) -> str:
         model_key(result.algorithm),
         role,
         index,
+        result.study_incarnation,
     )
 
 

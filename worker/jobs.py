@@ -1,4 +1,11 @@
-"""Job claims and heartbeats: how a task proves it holds its job."""
+"""Job claims, heartbeats and outcomes: how a task proves it holds its job.
+
+A task holds its job by the attempt its claim started (:class:`Owner`); everything it
+records about the job's outcome goes through :func:`finish` or :func:`outcome`, whose
+transaction first moves the job out of ``running`` for that attempt only. A task
+that lost its job (cancelled, or re-queued by the reconciler after a lost heartbeat)
+records nothing: its transaction is rolled back and it says so in the log.
+"""
 
 from __future__ import annotations
 
@@ -7,33 +14,27 @@ import logging
 import threading
 from collections.abc import Iterator
 
-from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from daemon import timeline
+from daemon.store import lifecycle
 from daemon.store.db import Database
-from daemon.store.models import Job, JobState, Study, StudyState, utcnow
+from daemon.store.lifecycle import Owner
+from daemon.store.models import Job, JobState, Study, utcnow
 
 log = logging.getLogger(__name__)
 
 
-def refresh_study_state(session: Session, study: Study) -> None:
-    """A study's state follows the jobs of its newest version (unless it is receiving again)."""
-    if study.state in (StudyState.RECEIVING, StudyState.NOT_ROUTED):
-        return
-    states = set(session.scalars(select(Job.state).where(
-        Job.study_id == study.id, Job.version == study.version)))
-    if JobState.RUNNING in states:
-        study.state = StudyState.PROCESSING
-    elif JobState.QUEUED in states:
-        study.state = StudyState.QUEUED
-    elif JobState.FAILED in states:
-        study.state = StudyState.FAILED
-    elif states:
-        study.state = StudyState.DONE
+class LostOwnership(Exception):
+    """The job is no longer this attempt's (cancelled, or re-queued and claimed again)."""
+
+    def __init__(self, owner: Owner) -> None:
+        super().__init__(f"job {owner.job_id} attempt {owner.attempt} no longer holds the job")
+        self.owner = owner
 
 
-def claim(db: Database, job_id: int, task_id: str, max_attempts: int, worker: str = "") -> Job | None:
+def claim(db: Database, job_id: int, task_id: str, max_attempts: int,
+          worker: str = "") -> tuple[Job, Owner] | None:
     """Move a queued job to running; ``None`` if another task holds it or it is finished.
 
     The claim is one conditional UPDATE, so a duplicate message (re-sent by the
@@ -41,70 +42,103 @@ def claim(db: Database, job_id: int, task_id: str, max_attempts: int, worker: st
     """
     now = utcnow()
     with db.session() as session:
-        res = session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.state == JobState.QUEUED)
-            .values(state=JobState.RUNNING, task_id=task_id, started_at=now, heartbeat_at=now,
-                    attempts=Job.attempts + 1, error=None)
-        )
-        if res.rowcount != 1:  # type: ignore[attr-defined]
+        owner = lifecycle.claim(session, job_id, task_id, now)
+        if owner is None:
             return None
         job = session.get(Job, job_id)
         assert job is not None
+        session.refresh(job)
         study = session.get(Study, job.study_id)
         assert study is not None
-        if job.attempts > max_attempts:
-            job.state = JobState.FAILED
-            job.finished_at = now
-            job.error = f"gave up after {max_attempts} attempt(s)"
-            study.state = StudyState.FAILED
+        if owner.attempt > max_attempts:
+            reason = f"gave up after {max_attempts} attempt(s)"
+            lifecycle.settle(session, owner, error=reason, now=now)
+            session.refresh(job)
+            lifecycle.follow_jobs(session, study)
             timeline.record(session, study, "failed", version=job.version, job_id=job.id,
-                            reason=job.error)
+                            reason=reason)
             return None
-        refresh_study_state(session, study)
+        lifecycle.follow_jobs(session, study)
         timeline.record(session, study, "started", version=job.version, job_id=job.id,
-                        attempt=job.attempts, task_id=task_id, worker=worker)
-        return job
+                        attempt=owner.attempt, task_id=task_id, worker=worker)
+        return job, owner
 
 
-def finish(db: Database, job_id: int, *, error: str | None = None, **detail: object) -> None:
-    """Mark a running job done (or failed with ``error``) and update its study."""
-    now = utcnow()
+@contextlib.contextmanager
+def outcome(db: Database, owner: Owner, *, error: str | None = None,
+            error_detail: str | None = None,
+            detail: dict[str, object] | None = None) -> Iterator[tuple[Session, Study]]:
+    """One transaction that settles ``owner``'s job and records what it produced.
+
+    The body adds findings and outbox rows to the session (and may add to ``detail``,
+    the timeline event's details); they are committed together with the job's final
+    state, or not at all when the job is no longer ``owner``'s (:class:`LostOwnership`
+    is raised and nothing is written).
+    """
+    detail = {} if detail is None else detail
     with db.session() as session:
-        job = session.get(Job, job_id)
-        if job is None or job.state != JobState.RUNNING:
-            return
+        if not lifecycle.settle(session, owner, error=error, error_detail=error_detail):
+            raise LostOwnership(owner)
+        job = session.get(Job, owner.job_id)
+        assert job is not None
+        session.refresh(job)
         study = session.get(Study, job.study_id)
         assert study is not None
-        job.finished_at = now
-        job.state = JobState.FAILED if error else JobState.DONE
-        job.error = error
-        session.flush()
-        refresh_study_state(session, study)
+        yield session, study
+        lifecycle.follow_jobs(session, study)
         kind = "failed" if error else "finished"
         extra = {"reason": error} if error else {}
         timeline.record(session, study, kind, version=job.version, job_id=job.id,
                         **extra, **detail)
 
 
+def finish(db: Database, owner: Owner, *, error: str | None = None,
+           error_detail: str | None = None, **detail: object) -> bool:
+    """Settle ``owner``'s job with nothing else to record; False if it lost the job."""
+    try:
+        with outcome(db, owner, error=error, error_detail=error_detail, detail=dict(detail)):
+            pass
+    except LostOwnership:
+        log.warning("job %d attempt %d: the job is no longer this attempt's (cancelled or "
+                    "re-queued); its outcome is discarded", owner.job_id, owner.attempt)
+        return False
+    return True
+
+
+def fail_running(db: Database, job_id: int, task_id: str, error: str) -> bool:
+    """Fail the running job that task ``task_id`` holds (the pool killed that task)."""
+    with db.session() as session:
+        job = session.get(Job, job_id)
+        if job is None or job.state != JobState.RUNNING or job.task_id != task_id:
+            return False
+        owner = Owner(job_id, job.attempts, task_id)
+    return finish(db, owner, error=error)
+
+
 @contextlib.contextmanager
-def heartbeat(db: Database, job_id: int, every: float) -> Iterator[None]:
-    """Touch the job's heartbeat while the body runs (the reconciler watches it)."""
+def heartbeat(db: Database, owner: Owner, every: float) -> Iterator[threading.Event]:
+    """Touch the job's heartbeat while the body runs (the reconciler watches it).
+
+    Yields an event that is set once the job is no longer ``owner``'s, so long work can
+    stop early; a stale attempt never keeps another attempt's job looking alive.
+    """
     stop = threading.Event()
+    lost = threading.Event()
 
     def beat() -> None:
         while not stop.wait(every):
             try:
                 with db.session() as session:
-                    session.execute(update(Job).where(Job.id == job_id, Job.state == JobState.RUNNING)
-                                    .values(heartbeat_at=utcnow()))
+                    if not lifecycle.beat(session, owner):
+                        lost.set()
+                        return
             except Exception:  # noqa: BLE001 - a missed beat is not fatal
-                log.warning("heartbeat for job %d failed", job_id, exc_info=True)
+                log.warning("heartbeat for job %d failed", owner.job_id, exc_info=True)
 
-    thread = threading.Thread(target=beat, name=f"heartbeat-{job_id}", daemon=True)
+    thread = threading.Thread(target=beat, name=f"heartbeat-{owner.job_id}", daemon=True)
     thread.start()
     try:
-        yield
+        yield lost
     finally:
         stop.set()
         thread.join(every + 1)

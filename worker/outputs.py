@@ -18,11 +18,12 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from daemon import timeline
 from daemon.config import PipelineSettings, Settings
 from daemon.durable import fsync_dirs, write_atomically
-from daemon.store.db import Database
+from daemon.spool import results_folder
 from daemon.store.models import Delivery, DeliveryState, Finding, Study, utcnow
 from dicom_io.pm_writer import UnsupportedSource, write_parametric_map
 from dicom_io.results import AnalysisResult, PreviousResult
@@ -65,14 +66,14 @@ def _save(ds: Dataset, folder: Path, *, fsync: bool = True) -> Path:
     return final
 
 
-def study_folder(settings: Settings, study_uid: str) -> Path:
-    return settings.results_dir / hashlib.sha256(study_uid.encode()).hexdigest()[:40]
+def study_folder(settings: Settings, study_uid: str, incarnation: str = "") -> Path:
+    return results_folder(settings.results_dir, study_uid, incarnation)
 
 
 def previous_results(settings: Settings, study_uid: str, version: int,
-                     pipeline: str) -> list[PreviousResult]:
+                     pipeline: str, incarnation: str = "") -> list[PreviousResult]:
     """The SR(s) this pipeline wrote for the newest earlier version (to supersede)."""
-    base = study_folder(settings, study_uid)
+    base = study_folder(settings, study_uid, incarnation)
     for earlier in range(version - 1, 0, -1):
         folder = base / f"v{earlier}" / pipeline
         if not folder.is_dir():
@@ -92,7 +93,8 @@ def previous_results(settings: Settings, study_uid: str, version: int,
 def write_objects(settings: Settings, pipeline: PipelineSettings, result: AnalysisResult,
                   sources: list[Dataset]) -> list[WrittenObject]:
     """Write every object the pipeline asks for; return what was written."""
-    folder = study_folder(settings, result.study_instance_uid) / f"v{result.study_version}" / pipeline.name
+    folder = (study_folder(settings, result.study_instance_uid, result.study_incarnation)
+              / f"v{result.study_version}" / pipeline.name)
     disclaimer = settings.results.disclaimer
     written: list[WrittenObject] = []
 
@@ -120,55 +122,57 @@ def write_objects(settings: Settings, pipeline: PipelineSettings, result: Analys
     return written
 
 
-def record_outputs(db: Database, settings: Settings, *, study_id: int, version: int, job_id: int,
-                   model_name: str, model_version: str, backend: str, result: AnalysisResult,
-                   written: list[WrittenObject], inference_ms: float, images: int,
-                   destinations: list[str] | None = None) -> int:
-    """Findings and outbox rows in one transaction; returns the number of new deliveries.
+def record_outputs(session: Session, study: Study, settings: Settings, *, version: int,
+                   job_id: int, model_name: str, model_version: str, backend: str,
+                   result: AnalysisResult, written: list[WrittenObject], inference_ms: float,
+                   images: int, destinations: list[str] | None = None) -> int:
+    """Findings and outbox rows in the caller's transaction; returns the number of new deliveries.
 
+    The caller's transaction is the one that settles the job (``worker.jobs.outcome``), so
+    these rows exist only if the attempt that wrote them still held the job.
     ``destinations``: names chosen by routing (None: every configured destination).
     """
+    study_id = study.id
     now = utcnow()
     new = 0
-    with db.session() as session:
-        study = session.get(Study, study_id)
-        assert study is not None
-        existing_findings = session.scalars(
-            select(Finding).where(Finding.job_id == job_id)).all()
-        for f in existing_findings:  # a re-run replaces its own findings
-            session.delete(f)
-        for f in result.findings:
-            session.add(Finding(
-                study_id=study_id, version=version, job_id=job_id, model_name=model_name,
-                model_version=model_version, backend=backend, label=f.label.meaning[:64],
-                score=f.score, threshold=f.threshold, present=f.present, images=images,
-                inference_ms=inference_ms, created_at=now,
-            ))
-        have = {(d.destination, d.sop_instance_uid) for d in session.scalars(
-            select(Delivery).where(Delivery.study_id == study_id, Delivery.version == version))}
-        for dest in settings.destinations:
-            if destinations is not None and dest.name not in destinations:
+    existing_findings = session.scalars(
+        select(Finding).where(Finding.job_id == job_id)).all()
+    for f in existing_findings:  # a re-run replaces its own findings
+        session.delete(f)
+    for f in result.findings:
+        session.add(Finding(
+            study_id=study_id, version=version, job_id=job_id, model_name=model_name,
+            model_version=model_version, backend=backend, label=f.label.meaning[:64],
+            score=f.score, threshold=f.threshold, present=f.present, images=images,
+            inference_ms=inference_ms, created_at=now,
+        ))
+    uids = [obj.sop_instance_uid for obj in written]
+    have = {(d, u) for d, u in session.execute(
+        select(Delivery.destination, Delivery.sop_instance_uid)
+        .where(Delivery.sop_instance_uid.in_(uids)))} if uids else set()
+    for dest in settings.destinations:
+        if destinations is not None and dest.name not in destinations:
+            continue
+        for obj in written:
+            if obj.role == "sr" and dest.sr_sop_class == "comprehensive":
                 continue
-            for obj in written:
-                if obj.role == "sr" and dest.sr_sop_class == "comprehensive":
-                    continue
-                if obj.role == "sr-88.33" and dest.sr_sop_class != "comprehensive":
-                    continue
-                if (dest.name, obj.sop_instance_uid) in have:
-                    continue
-                session.add(Delivery(
-                    study_id=study_id, version=version, job_id=job_id, destination=dest.name,
-                    sop_instance_uid=obj.sop_instance_uid, sop_class_uid=obj.sop_class_uid,
-                    series_instance_uid=obj.series_instance_uid,
-                    file_path=str(obj.path.relative_to(settings.data_dir)),
-                    state=DeliveryState.PENDING, attempts=0, next_attempt_at=now, created_at=now,
-                ))
-                new += 1
-        timeline.record(
-            session, study, "results_written", version=version, job_id=job_id,
-            objects=len(written), deliveries=new,
-            findings=[{"label": f.label.meaning, "score": round(f.score, 4), "present": f.present}
-                      for f in result.findings],
-            skipped=len(result.skipped),
-        )
+            if obj.role == "sr-88.33" and dest.sr_sop_class != "comprehensive":
+                continue
+            if (dest.name, obj.sop_instance_uid) in have:
+                continue
+            session.add(Delivery(
+                study_id=study_id, version=version, job_id=job_id, destination=dest.name,
+                sop_instance_uid=obj.sop_instance_uid, sop_class_uid=obj.sop_class_uid,
+                series_instance_uid=obj.series_instance_uid,
+                file_path=str(obj.path.relative_to(settings.data_dir)),
+                state=DeliveryState.PENDING, attempts=0, next_attempt_at=now, created_at=now,
+            ))
+            new += 1
+    timeline.record(
+        session, study, "results_written", version=version, job_id=job_id,
+        objects=len(written), deliveries=new,
+        findings=[{"label": f.label.meaning, "score": round(f.score, 4), "present": f.present}
+                  for f in result.findings],
+        skipped=len(result.skipped),
+    )
     return new

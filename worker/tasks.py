@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -13,11 +15,12 @@ from celery.signals import task_failure, worker_process_init, worker_ready
 from pydicom import dcmread
 from sqlalchemy import select
 
+from daemon import redact
 from daemon.queue import TASK_DELIVER, TASK_PROCESS_STUDY, send_delivery
 from daemon.spool import Spool
 from daemon.store.db import Database
 from daemon.store.models import Instance, Job, Study
-from inference import InferenceSettings, ModelCache, default_models_dir
+from inference import ModelCache, default_models_dir
 from worker import jobs
 from worker.analysis import NothingToAnalyse, analyse
 from worker.batching import get_batcher
@@ -25,6 +28,7 @@ from worker.celery_app import app, settings
 from worker.delivery import deliver_due
 from worker.indexing import index_study
 from worker.outputs import previous_results, record_outputs, write_objects
+from worker.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +48,8 @@ def models() -> ModelCache:
     """Models are loaded once per worker process and kept warm."""
     global _models
     if _models is None:
-        inf = settings.inference
-        _models = ModelCache(
-            roots=[*inf.models_dirs, default_models_dir()],
-            settings=InferenceSettings(
-                backend=inf.backend, device=inf.device, precision=inf.precision,
-                intra_op_threads=inf.intra_op_threads, max_batch=inf.max_batch,
-                engine_cache_dir=settings.engine_cache_dir,
-            ),
-        )
+        inf = settings.inference  # an InferenceSettings: the engines read it as it is
+        _models = ModelCache(roots=[*inf.models_dirs, default_models_dir()], settings=inf)
     return _models
 
 
@@ -68,23 +65,40 @@ def spool() -> Spool:
     return Spool(settings.spool_dir, min_free_bytes=0, fsync=False)
 
 
-def _study_files(db: Database, study_id: int, version: int) -> tuple[str, list[Path]]:
+def _study_files(db: Database, study_id: int, version: int) -> tuple[str, str, list[Path]]:
     sp = spool()
-    with db.session() as session:
+    with db.read() as session:
         study = session.get(Study, study_id)
         assert study is not None
         rels = session.scalars(select(Instance.file_path).where(
             Instance.study_id == study_id, Instance.version <= version)).all()
-        return study.study_instance_uid, [sp.path(r) for r in rels]
+        return (study.study_instance_uid, study.first_received_at.isoformat(),
+                [sp.path(r) for r in rels])
 
 
-def run_pipeline(db: Database, job: Job) -> dict[str, object]:
-    """Index, analyse, write results and fill the outbox for one job; return event details."""
+def _phi_of(db: Database, study_id: int) -> list[str]:
+    """This study's patient data, to keep out of failure reasons."""
+    with db.read() as session:
+        s = session.get(Study, study_id)
+        if s is None:
+            return []
+        return redact.phi_values(s.patient_name, s.patient_id, s.patient_birth_date,
+                                 s.accession_number, s.study_description)
+
+
+def run_pipeline(db: Database, job: Job, owner: jobs.Owner,
+                 lost: threading.Event | None = None) -> dict[str, object]:
+    """Index, analyse, write results and fill the outbox for one job; return event details.
+
+    The findings, the outbox rows and the job's final state are committed in one
+    transaction fenced by ``owner``: a job cancelled or re-queued meanwhile records and
+    delivers nothing (:class:`jobs.LostOwnership`).
+    """
     pipeline = next((p for p in settings.pipelines if p.name == job.pipeline), None)
     if pipeline is None:
-        raise LookupError(f"pipeline {job.pipeline!r} is not configured")
+        raise LookupError(f"pipeline {job.pipeline} is not configured")
     index_study(db, spool(), job.study_id)
-    study_uid, paths = _study_files(db, job.study_id, job.version)
+    study_uid, incarnation, paths = _study_files(db, job.study_id, job.version)
     model = models().get(pipeline.model)
     batcher = None
     if batching_enabled():
@@ -93,58 +107,101 @@ def run_pipeline(db: Database, job: Job) -> dict[str, object]:
                        batch_size=settings.inference.max_batch,
                        predict=batcher.submit if batcher else None)
     result = analysis.result
-    result.supersedes = previous_results(settings, study_uid, job.version, pipeline.name)
+    result.study_incarnation = incarnation
+    result.supersedes = previous_results(settings, study_uid, job.version, pipeline.name,
+                                         incarnation)
+    if lost is not None and lost.is_set():
+        raise jobs.LostOwnership(owner)
     evidence = {img.sop_instance_uid for f in result.findings for img in f.images}
     sources = [dcmread(c.path) for c in analysis.candidates if c.sop_instance_uid in evidence]
     written = write_objects(settings, pipeline, result, sources)
     t = analysis.timings
-    new = record_outputs(
-        db, settings, study_id=job.study_id, version=job.version, job_id=job.id,
-        model_name=model.name, model_version=model.version, backend=model.backend, result=result,
-        written=written, inference_ms=t.inference_s * 1000, images=t.images,
-        destinations=job.destinations,
-    )
     reasons = Counter(s.reason for s in result.skipped)
-    return {"images": t.images, "skipped": dict(reasons), "objects": len(written),
-            "deliveries": new, "decode_s": round(t.decode_s, 3),
-            "inference_s": round(t.inference_s, 3), "model": f"{model.name} {model.version}",
-            "backend": model.backend,
-            "positive": [f.label.meaning for f in result.findings if f.present],
-            **({"batching": {"batches": batcher.stats.batches,
-                             "mean_size": round(batcher.stats.mean_batch_size, 2)}}
-               if batcher else {})}
+    detail: dict[str, object] = {
+        "images": t.images, "skipped": dict(reasons), "objects": len(written),
+        "decode_s": round(t.decode_s, 3), "inference_s": round(t.inference_s, 3),
+        "model": f"{model.name} {model.version}", "backend": model.backend,
+        "positive": [f.label.meaning for f in result.findings if f.present],
+        **({"batching": {"batches": batcher.stats.batches,
+                         "mean_size": round(batcher.stats.mean_batch_size, 2)}}
+           if batcher else {})}
+    with jobs.outcome(db, owner, detail=detail) as (session, study):
+        detail["deliveries"] = record_outputs(
+            session, study, settings, version=job.version, job_id=job.id,
+            model_name=model.name, model_version=model.version, backend=model.backend,
+            result=result, written=written, inference_ms=t.inference_s * 1000, images=t.images,
+            destinations=job.destinations,
+        )
+    return detail
+
+
+_watchdog: Watchdog | None = None
+
+
+def watchdog() -> Watchdog | None:
+    """Time limits for pools that enforce none (threads: GPU workers); None under prefork."""
+    global _watchdog
+    if os.environ.get("PACSAI_WORKER_POOL") not in ("threads", "solo", "gevent", "eventlet"):
+        return None
+    if _watchdog is None:
+        w = settings.worker
+        _watchdog = Watchdog(w.task_soft_time_limit, w.task_time_limit)
+    return _watchdog
+
+
+def _limits(owner: jobs.Owner, label: str) -> contextlib.AbstractContextManager[None]:
+    dog = watchdog()
+    if dog is None:
+        return contextlib.nullcontext()
+    hard = settings.worker.task_time_limit
+    return dog.watch(label, lambda: jobs.finish(
+        database(), owner, error=f"hard time limit ({hard:g} s) exceeded: the model did not "
+                                 "return; the worker process was replaced"))
 
 
 @app.task(name=TASK_PROCESS_STUDY, bind=True)
 def process_study(self: Task, job_id: int, study_id: int, version: int) -> None:
     """Run one study version through one pipeline, then ring for delivery."""
     db = database()
-    job = jobs.claim(db, job_id, self.request.id or "", settings.worker.max_attempts,
-                     worker=self.request.hostname or "")
-    if job is None:
+    claimed = jobs.claim(db, job_id, self.request.id or "", settings.worker.max_attempts,
+                         worker=self.request.hostname or "")
+    if claimed is None:
         log.info("job %d is not claimable (finished or held elsewhere); message dropped", job_id)
         return
-    with jobs.heartbeat(db, job_id, settings.worker.heartbeat_seconds):
-        try:
-            detail = run_pipeline(db, job)
-        except NothingToAnalyse as exc:
-            reasons = dict(Counter(s.reason for s in exc.skipped))
-            undecodable = [r for r in reasons if r.startswith("cannot decode")]
-            if undecodable:  # images were meant for the model but none could be read
-                jobs.finish(db, job_id, error=f"no image could be decoded: {undecodable[0]}"[:2000],
-                            skipped=reasons)
-            else:  # nothing here is for this model: recorded, not a failure
-                jobs.finish(db, job_id, images=0, note=str(exc), skipped=reasons)
-            log.info("job %d: %s", job_id, exc)
-            return
-        except SoftTimeLimitExceeded:
-            jobs.finish(db, job_id, error="time limit exceeded")
-            return
-        except Exception as exc:  # noqa: BLE001 - becomes the job's failure reason
-            log.exception("job %d failed", job_id)
-            jobs.finish(db, job_id, error=f"{type(exc).__name__}: {exc}"[:2000])
-            return
-    jobs.finish(db, job_id, **detail)
+    job, owner = claimed
+    label = f"job {job_id} attempt {owner.attempt}"
+    try:
+        with jobs.heartbeat(db, owner, settings.worker.heartbeat_seconds) as lost, \
+                _limits(owner, label):
+            detail = run_pipeline(db, job, owner, lost)
+    except jobs.LostOwnership:
+        log.warning("%s: the job was cancelled or handed to another attempt meanwhile; "
+                    "its results are discarded (nothing recorded or delivered)", label)
+        return
+    except NothingToAnalyse as exc:
+        reasons = dict(Counter(s.reason for s in exc.skipped))
+        undecodable = [r for r in reasons if r.startswith("cannot decode")]
+        known = _phi_of(db, study_id)
+        if undecodable:  # images were meant for the model but none could be read
+            jobs.finish(db, owner, error=redact.scrub(
+                f"no image could be decoded: {undecodable[0]}", known)[:2000],
+                error_detail=undecodable[0][:4000],
+                skipped={redact.scrub(k, known): v for k, v in reasons.items()})
+        else:  # nothing here is for this model: recorded, not a failure
+            jobs.finish(db, owner, images=0, note=redact.scrub(str(exc), known),
+                        skipped={redact.scrub(k, known): v for k, v in reasons.items()})
+        log.info("job %d: %s", job_id, redact.scrub(str(exc), known))
+        return
+    except SoftTimeLimitExceeded:
+        jobs.finish(db, owner, error="soft time limit "
+                    f"({settings.worker.task_soft_time_limit:g} s) exceeded")
+        return
+    except Exception as exc:  # noqa: BLE001 - becomes the job's failure reason
+        why = redact.reason(exc, _phi_of(db, study_id), limit=2000)
+        log.error("job %d failed: %s", job_id, why)
+        log.debug("job %d failure", job_id, exc_info=True)
+        jobs.finish(db, owner, error=why, error_detail=redact.detail(exc))
+        return
     log.info("job %d: study %d v%d through %s: %s images, %s objects", job_id, study_id, version,
              job.pipeline, detail["images"], detail["objects"])
     if detail["deliveries"]:
@@ -176,24 +233,21 @@ def _warm_threads_pool(sender: object = None, **_: object) -> None:
 
 @task_failure.connect
 def _hard_time_limit(sender: Task | None = None, exception: BaseException | None = None,
-                     kwargs: dict | None = None, **_: object) -> None:
+                     task_id: str | None = None, kwargs: dict | None = None, **_: object) -> None:
     """The pool killed a task at its hard limit: the job fails with that reason.
 
     Runs in the worker's main process (which forks pool children), so it uses a
-    short-lived engine of its own rather than a connection a child could inherit.
+    short-lived engine of its own rather than a connection a child could inherit. Only
+    the attempt of the killed task is failed (the job may have been handed on since).
     """
     if not isinstance(exception, TimeLimitExceeded) or sender is None \
-            or sender.name != TASK_PROCESS_STUDY or not kwargs:
+            or sender.name != TASK_PROCESS_STUDY or not kwargs or not task_id:
         return
     db = Database(settings.database_url)
     try:
-        with db.session() as session:  # the killed child could not finish: we do
-            job = session.get(Job, kwargs["job_id"])
-            running = job is not None and job.state == "running"
-        if running:
-            jobs.finish(db, kwargs["job_id"],
-                        error=f"hard time limit ({settings.worker.task_time_limit:g} s) exceeded: "
-                              "the model did not return; the worker process was replaced")
+        jobs.fail_running(db, kwargs["job_id"], task_id,
+                          f"hard time limit ({settings.worker.task_time_limit:g} s) exceeded: "
+                          "the model did not return; the worker process was replaced")
     finally:
         db.dispose()
 

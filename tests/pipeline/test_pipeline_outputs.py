@@ -52,10 +52,12 @@ def test_outbox_follows_destinations_and_reruns_add_nothing(db: Database, db_url
     assert_valid_dicom([w.path for w in written])
 
     def record() -> int:
-        return record_outputs(db, settings, study_id=study_id, version=1, job_id=None,
-                              model_name="m", model_version="1", backend="onnxruntime",
-                              result=_result(ds), written=written, inference_ms=1.0, images=1,
-                              destinations=["new", "old"])
+        with db.session() as s:
+            study = s.get(Study, study_id)
+            return record_outputs(s, study, settings, version=1, job_id=None,
+                                  model_name="m", model_version="1", backend="onnxruntime",
+                                  result=_result(ds), written=written, inference_ms=1.0, images=1,
+                                  destinations=["new", "old"])
 
     assert record() == 4  # new: 3D SR + SC; old: 88.33 SR + SC; "other" not routed here
     with db.read() as s:
