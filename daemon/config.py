@@ -21,6 +21,7 @@ from pydantic_settings import (
 )
 
 from daemon.routing import RouteRule, check_rules
+from inference.settings import InferenceSettings
 
 CONFIG_ENV = "PACSAI_CONFIG"
 _config_file: contextvars.ContextVar[str | None] = contextvars.ContextVar("config_file", default=None)
@@ -126,19 +127,14 @@ class DestinationSettings(_Section):
     _ae = field_validator("ae_title")(_check_ae_title)
 
 
-class InferenceConfig(_Section):
-    """Engines and where models come from (site folders first, then the shipped demos)."""
+class InferenceConfig(InferenceSettings):
+    """``[inference]``: the engines' own settings (:class:`inference.InferenceSettings`, one class
+    for the TOML file, the environment and the engines), plus the keys only the daemon uses."""
 
-    backend: Literal["auto", "tensorrt", "onnxruntime", "torch"] = "auto"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["fp32", "fp16"] = "fp32"
-    intra_op_threads: int = Field(0, ge=0, description="0: all cores")
-    max_batch: int = Field(16, ge=1)
     dynamic_batching: Literal["auto", "on", "off"] = Field(
         "auto", description="auto: on in thread-pool (GPU) workers, where tasks share a process.")
     max_delay_ms: float = Field(2.0, ge=0, le=1000, description="Longest wait to fill a batch.")
     models_dirs: list[Path] = Field(default_factory=list, description="Site model folders.")
-    engine_cache_dir: Path | None = Field(None, description="Default: <data_dir>/engines.")
 
 
 class PipelineSettings(_Section):
@@ -333,6 +329,13 @@ class Settings(BaseSettings):
             raise ValueError("invalid routing rules: " + "; ".join(errors))
         if self.worker.task_soft_time_limit >= self.worker.task_time_limit:
             raise ValueError("worker.task_soft_time_limit must be below worker.task_time_limit")
+        # The one place the daemon's engine cache default is resolved: <data_dir>/engines
+        # unless [inference] engine_cache_dir (or PACSAI_INFERENCE__ENGINE_CACHE_DIR) names one.
+        inf = self.inference
+        if "engine_cache_dir" in inf.model_fields_set:
+            inf.engine_cache_dir = inf.engine_cache_dir.expanduser().resolve()
+        else:
+            inf.engine_cache_dir = self.data_dir / "engines"
         return self
 
     _config_path: Path | None = PrivateAttr(default=None)
@@ -369,7 +372,8 @@ class Settings(BaseSettings):
 
     @property
     def engine_cache_dir(self) -> Path:
-        return self.inference.engine_cache_dir or self.data_dir / "engines"
+        """TensorRT plans: ``inference.engine_cache_dir`` (resolved when the settings load)."""
+        return self.inference.engine_cache_dir
 
     @property
     def embedded_broker_dir(self) -> Path:

@@ -1,4 +1,9 @@
-"""Backend selection: ``auto`` -> TensorRT (GPU + package) -> ONNX Runtime -> PyTorch."""
+"""Backend selection: ``auto`` -> TensorRT (GPU + tensorrt 10) -> ONNX Runtime -> PyTorch.
+
+``device = "cpu"`` rules out TensorRT and every CUDA provider whatever the machine has. With
+``backend = "auto"`` any exception while building one backend's engine falls through to the
+next; a forced backend turns it into an :class:`EngineError` naming the backend and the cause.
+"""
 
 from __future__ import annotations
 
@@ -48,7 +53,10 @@ def candidates(settings: InferenceSettings, manifest: Manifest) -> list[tuple[st
     if settings.backend != "auto":
         return [(settings.backend, f"forced by setting backend={settings.backend}")]
     out: list[tuple[str, str]] = []
-    trt_ok, trt_why = tensorrt_engine.available()
+    if settings.device == "cpu":  # never TensorRT (or any CUDA path) when the CPU is asked for
+        trt_ok, trt_why = False, "device=cpu"
+    else:
+        trt_ok, trt_why = tensorrt_engine.available()
     if has_onnx and trt_ok:
         out.append(("tensorrt", f"auto: {trt_why}"))
     ort_ok = onnxruntime_engine.available()
@@ -73,25 +81,6 @@ def _torch_module(model_dir: Path, manifest: Manifest, device: str):
     return export_wrapper(net)
 
 
-def _fp16_onnx_for_trt(model_dir: Path, manifest: Manifest, settings: InferenceSettings) -> Path | None:
-    """TensorRT 11 needs the precision in the ONNX: shipped fp16 file or one exported now."""
-    files = manifest.files
-    if files.onnx_fp16:
-        return model_dir / files.onnx_fp16
-    if files.weights and files.architecture:
-        from inference.export import export_onnx
-
-        digest = tensorrt_engine.file_sha256(model_dir / files.onnx)[:16]
-        target = Path(settings.engine_cache_dir) / f"{manifest.name}-{digest}.fp16.onnx"
-        if not target.is_file():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            module = _torch_module(model_dir, manifest, "cpu")
-            inp = manifest.input
-            export_onnx(module, target, (inp.channels, inp.height, inp.width), output_names(manifest), inp.name, half=True)
-        return target
-    return None
-
-
 def output_names(manifest: Manifest) -> list[str]:
     return [manifest.output_name(r) for r in TASK_OUTPUTS[manifest.task]]
 
@@ -103,19 +92,9 @@ def build(backend: str, model_dir: Path, manifest: Manifest, settings: Inference
     if backend == "tensorrt":
         if not files.onnx:
             raise EngineError("tensorrt needs files.onnx")
-        onnx_path = model_dir / files.onnx
-        precision = settings.precision
-        if precision == "fp16":
-            import tensorrt as trt  # noqa: F401 - availability checked by the engine
-
-            if tensorrt_engine.trt_major(trt) >= 11:
-                fp16 = _fp16_onnx_for_trt(model_dir, manifest, settings)
-                if fp16 is None:
-                    log_once("tensorrt >= 11 is strongly typed and %s has no fp16 ONNX: building fp32", manifest.name)
-                    precision = "fp32"
-                else:
-                    onnx_path, precision = fp16, "fp16-onnx"
-        return tensorrt_engine.TensorRTEngine(onnx_path, settings, (inp.channels, inp.height, inp.width), precision)
+        if settings.device == "cpu":
+            raise EngineError("tensorrt needs a CUDA GPU; device = 'cpu' is set")
+        return tensorrt_engine.TensorRTEngine(model_dir / files.onnx, settings, (inp.channels, inp.height, inp.width), settings.precision)
     if backend == "onnxruntime":
         if not files.onnx:
             raise EngineError("onnxruntime needs files.onnx")
@@ -149,11 +128,17 @@ def select_engine(model_dir: str | Path, manifest: Manifest, settings: Inference
     for backend, reason in options:
         try:
             engine = build(backend, model_dir, manifest, settings)
-        except (EngineError, ImportError, OSError) as e:
+        except Exception as e:  # noqa: BLE001 - any build failure means: try the next backend
+            # EngineError, ImportError and OSError are the expected ways to fail; anything else
+            # (a RuntimeError from TensorRT's bindings, an AttributeError from an API that
+            # changed, ...) is logged with its traceback but must not take the worker down.
+            expected = isinstance(e, (EngineError, ImportError, OSError))
+            why = str(e) if isinstance(e, EngineError) else f"{type(e).__name__}: {e}"
             if settings.backend != "auto":
-                raise EngineError(f"{manifest.name}: backend {backend} ({reason}) failed: {e}") from e
-            log.warning("%s: backend %s failed (%s); trying the next one", manifest.name, backend, e)
-            errors.append(f"{backend}: {e}")
+                raise EngineError(f"{manifest.name}: backend {backend} ({reason}) failed: {why}") from e
+            log.warning("%s: backend %s failed (%s); trying the next one", manifest.name, backend, why,
+                        exc_info=not expected)
+            errors.append(f"{backend}: {why}")
             continue
         log_once("inference backend for %s: %s (%s)", manifest.name, engine.describe(), reason)
         return engine

@@ -88,3 +88,71 @@ def test_the_documented_example_is_valid() -> None:
     s = load_settings(example)
     assert [p.name for p in s.pipelines] == ["cxr-classifier", "cxr-anomaly"]
     assert s.queues.inference == ["infer"] and s.worker.concurrency == 2
+
+
+def test_inference_section_is_the_engine_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """[inference] is inference.InferenceSettings plus the daemon's own keys: every engine key
+    (opt_batch, trt_workspace_mb, ...) is a TOML key and an environment override, and the engine
+    cache defaults to <data_dir>/engines, resolved once when the settings load."""
+    from inference import InferenceSettings
+
+    cfg = tmp_path / "pacsai.toml"
+    cfg.write_text(f'[storage]\ndata_dir = "{tmp_path / "data"}"\n'
+                   '[inference]\nopt_batch = 4\ntrt_workspace_mb = 2048\ninter_op_threads = 2\n'
+                   'max_batch = 8\nmax_delay_ms = 5\n')
+    monkeypatch.setenv("PACSAI_INFERENCE__PRECISION", "fp16")
+    s = load_settings(cfg)
+    assert isinstance(s.inference, InferenceSettings)
+    assert (s.inference.opt_batch, s.inference.trt_workspace_mb, s.inference.inter_op_threads) == (4, 2048, 2)
+    assert s.inference.precision == "fp16" and s.inference.max_delay_ms == 5
+    assert s.inference.engine_cache_dir == (tmp_path / "data" / "engines").resolve() == s.engine_cache_dir
+
+    cfg.write_text('[inference]\nengine_cache_dir = "plans"\n')
+    monkeypatch.chdir(tmp_path)
+    assert load_settings(cfg).inference.engine_cache_dir == (tmp_path / "plans").resolve()
+
+    result = runner.invoke(app, ["config", "check", "--config", str(cfg)])
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.output)["inference"]
+    assert shown["engine_cache_dir"] == str((tmp_path / "plans").resolve())
+    assert shown["opt_batch"] == 8 and shown["trt_workspace_mb"] == 1024
+
+    cfg.write_text('[inference]\nopt_batch = 0\nbackend = "tensorrt"\ndevice = "cpu"\n')
+    with pytest.raises(ConfigError) as err:
+        load_settings(cfg)
+    assert "inference.opt_batch" in str(err.value)
+    cfg.write_text('[inference]\nbackend = "tensorrt"\ndevice = "cpu"\n')
+    with pytest.raises(ConfigError, match="inference: .*cannot run with device"):
+        load_settings(cfg)
+
+
+def test_the_example_lists_the_engine_keys() -> None:
+    example = Path(__file__).resolve().parents[2] / "docs" / "pacsai.example.toml"
+    section = example.read_text().split("\n[inference]\n", 1)[1].split("\n[", 1)[0]
+    for key in ("backend", "device", "precision", "max_batch", "opt_batch", "trt_workspace_mb", "engine_cache_dir"):
+        assert f"{key} =" in section, key
+
+
+def test_worker_models_get_the_inference_section_as_it_is(tmp_path: Path) -> None:
+    """worker.tasks.models() hands [inference] to the model cache without mapping fields."""
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "pacsai.toml"
+    cfg.write_text(f'[storage]\ndata_dir = "{tmp_path / "data"}"\n'
+                   f'[inference]\nopt_batch = 3\ntrt_workspace_mb = 512\ndevice = "cpu"\n'
+                   f'models_dirs = ["{tmp_path / "site"}"]\n')
+    code = ("import json; from worker import tasks; m = tasks.models(); "
+            "print(json.dumps({'settings': m.settings.model_dump(mode='json'), 'roots': [str(r) for r in m.roots], "
+            "'same': m.settings is tasks.settings.inference}))")
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("PACSAI_")}
+    env["PACSAI_CONFIG"] = str(cfg)
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    data = json.loads(out.stdout.strip().splitlines()[-1])
+    assert data["same"] is True
+    got = data["settings"]
+    assert (got["opt_batch"], got["trt_workspace_mb"], got["device"]) == (3, 512, "cpu")
+    assert got["engine_cache_dir"] == str((tmp_path / "data" / "engines").resolve())
+    assert data["roots"][0] == str(tmp_path / "site")

@@ -122,11 +122,18 @@ def test_tensorrt_matches_pytorch(tmp_path, precision, atol):
     pytest.importorskip("tensorrt", reason="tensorrt not installed: TensorRT parity not run")
     x = make_anomaly_split(2, 2, 783).images
     settings = InferenceSettings(backend="tensorrt", precision=precision, engine_cache_dir=tmp_path, max_batch=4, opt_batch=2)
+    from inference.engines.tensorrt_engine import TensorRTEngine
+
     for folder in (CLASSIFIER, ANOMALY):
         ref = load_model(folder, backend="torch", settings=InferenceSettings(device="cpu")).run_raw(x)
         trt_model = load_model(folder, settings=settings)
         got = trt_model.run_raw(x)
         for role in ref:
             np.testing.assert_allclose(got[role], ref[role], atol=atol, err_msg=f"{folder.name} {role}")
-        plans = list(tmp_path.glob("*.plan"))
-        assert plans and load_model(folder, settings=settings).run_raw(x)["probabilities" if "classifier" in folder.name else "score"] is not None
+        # The cache must be reused: a second engine for the same key may not build again.
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(TensorRTEngine, "_build", lambda *a, **k: pytest.fail("cached TensorRT plan was rebuilt"))
+            again = load_model(folder, settings=settings)
+        assert again.engine.plan_path == trt_model.engine.plan_path
+        for role in ref:
+            np.testing.assert_allclose(again.run_raw(x)[role], got[role], atol=1e-6, err_msg=f"cached {folder.name} {role}")

@@ -1,4 +1,5 @@
-"""TensorRT cache key logic that runs without a GPU; the engine itself needs CUDA + tensorrt."""
+"""TensorRT cache key logic that runs without a GPU (no fake); the engine's control flow against a
+fake tensorrt is test_tensorrt_engine.py, numerics on real TensorRT test_maps_parity.py."""
 
 from __future__ import annotations
 
@@ -16,10 +17,12 @@ def test_availability_reports_a_reason():
 
 def test_key_digest_changes_with_every_field():
     base = {"onnx_sha256": "a", "tensorrt": "10.3.0", "cuda": "12.4", "gpu": "H100", "compute_capability": "9.0",
-            "precision": "fp16", "profile": {"min": [1, 1, 256, 256], "opt": [8, 1, 256, 256], "max": [16, 1, 256, 256]}}
+            "precision": "fp16", "profile": {"min": [1, 1, 256, 256], "opt": [8, 1, 256, 256], "max": [16, 1, 256, 256]},
+            "workspace_mb": 1024}
     d0 = tensorrt_engine.key_digest(base)
     for field, value in [("onnx_sha256", "b"), ("tensorrt", "11.0.0"), ("cuda", "13.0"), ("gpu", "H200"),
-                         ("compute_capability", "8.9"), ("precision", "fp32"), ("profile", {"max": [32, 1, 256, 256]})]:
+                         ("compute_capability", "8.9"), ("precision", "fp32"), ("profile", {"max": [32, 1, 256, 256]}),
+                         ("workspace_mb", 2048)]:
         assert tensorrt_engine.key_digest({**base, field: value}) != d0, field
     assert tensorrt_engine.key_digest(dict(reversed(list(base.items())))) == d0
 
