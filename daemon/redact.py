@@ -59,18 +59,22 @@ def _database_reason(exc: BaseException) -> str | None:
     state = getattr(orig, "sqlstate", None)
     message = primary or str(orig).split("\n", 1)[0]
     constraint = getattr(diag, "constraint_name", None) if diag is not None else None
-    bits = [f"{type(exc).__name__} ({type(orig).__name__}{f' {state}' if state else ''})",
-            message]
-    if constraint and constraint not in message:
-        bits.append(f"constraint {constraint}")
-    return ": ".join(bits)
+    out = f"{type(exc).__name__} ({type(orig).__name__}{f' {state}' if state else ''}): " \
+          f"{scrub(message)}"
+    if constraint:  # a name from our schema, never patient data
+        out += f" (constraint {constraint})"
+    return out
 
 
 def reason(exc: BaseException, known: Iterable[str] = (), limit: int = 500) -> str:
     """A one-line failure reason for ``exc`` with no patient data (see module docstring)."""
     db = _database_reason(exc)
-    text = db if db is not None else f"{type(exc).__name__}: {exc}"
-    return scrub(text, known)[:limit]
+    if db is not None:
+        known = list(known)
+        for value in known:
+            db = db.replace(value, REDACTED)
+        return db[:limit]
+    return scrub(f"{type(exc).__name__}: {exc}", known)[:limit]
 
 
 def detail(exc: BaseException, limit: int = 4000) -> str:

@@ -201,3 +201,36 @@ def test_routing_at_completion(db: Database, tmp_path: Path) -> None:
         assert "no rule matched" in events[0].detail["reason"]
     finally:
         h.tracker.stop()
+
+
+def test_a_study_that_cannot_be_routed_does_not_hold_up_the_others(db: Database,
+                                                                   tmp_path: Path) -> None:
+    """A defect while routing one study (here a rule that raises) fails only that study's
+    completion, each in its own transaction; the others complete on the same poll."""
+    from daemon.routing import Router
+
+    class Faulty(Router):
+        def route(self, facts):  # type: ignore[no-untyped-def]
+            if facts.study_description == "POISON":
+                raise RuntimeError("a rule failed")
+            return super().route(facts)
+
+    h = Harness(db, Spool(tmp_path / "spool"))
+    h.tracker.router = Faulty(["default"])
+    h.tracker.start()
+    try:
+        poison = list(ct_series(1, 32, seed=1))
+        poison[0].StudyDescription = "POISON"
+        h.receive(poison[0], assoc=1)
+        h.tracker.association_released(1)
+        time.sleep(0.5)  # the poisoned study is due first and fails
+        for n, ds in enumerate([*ct_series(1, 32, seed=2), *ct_series(1, 32, seed=3)]):
+            h.receive(ds, assoc=10 + n)
+            h.tracker.association_released(10 + n)
+        h.wait_complete(2)
+        with db.read() as s:
+            states = {st.study_description: st.state for st in s.scalars(select(Study))}
+        assert states.pop("POISON") == StudyState.RECEIVING  # kept, tried again later
+        assert set(states.values()) == {StudyState.QUEUED}
+    finally:
+        h.tracker.stop()
