@@ -61,7 +61,7 @@ def config_check(config: ConfigOpt = None) -> None:
 
 @db_app.command("upgrade")
 def db_upgrade(config: ConfigOpt = None) -> None:
-    """Apply database migrations."""
+    """Apply database migrations (the services also do at start; nothing else migrates)."""
     from daemon.store.db import Database
 
     settings = _settings(config)
@@ -199,16 +199,41 @@ def _print_status(report: dict) -> None:  # type: ignore[type-arg]
         console.print("no study received yet")
 
 
-def _db(settings: Settings):  # type: ignore[no-untyped-def]
+def _db(settings: Settings, *, write: bool = False):  # type: ignore[no-untyped-def]
+    """The database, never migrated here (only the services' start and ``pacsai db
+    upgrade`` migrate). A schema that is behind is a warning for reads and refuses
+    actions (exit 3); an unreachable database is exit 3."""
     from daemon.store.db import Database
 
     db = Database(settings.database_url)
     try:
-        db.upgrade()
+        db.ping()
+        problem = db.schema_problem()
     except Exception as exc:  # noqa: BLE001
+        db.dispose()
         err.print(f"[red]error:[/red] cannot read the database: {str(exc).splitlines()[0]}")
         raise typer.Exit(3) from None
+    if problem and write:
+        db.dispose()
+        err.print(f"[red]error:[/red] {problem}")
+        raise typer.Exit(3)
+    if problem:
+        err.print(f"[yellow]warning:[/yellow] {problem}")
+    db.pacsai_schema_problem = problem
     return db
+
+
+def _read(db, fn):  # type: ignore[no-untyped-def]
+    """``fn()`` on ``db``; a failure is exit 3 (naming a schema behind, if it is)."""
+    try:
+        return fn()
+    except Exception as exc:  # noqa: BLE001
+        problem = getattr(db, "pacsai_schema_problem", None)
+        err.print(f"[red]error:[/red] cannot read the database: {str(exc).splitlines()[0]}"
+                  + (f" ({problem})" if problem else ""))
+        raise typer.Exit(3) from None
+    finally:
+        db.dispose()
 
 
 def _actor() -> str:
@@ -236,8 +261,7 @@ def studies_list(
     settings = _settings(config)
     db = _db(settings)
     since = dt.datetime.now(dt.UTC) - dt.timedelta(hours=hours) if hours else None
-    rows = reports.list_studies(db, state=state, since=since, limit=limit)
-    db.dispose()
+    rows = _read(db, lambda: reports.list_studies(db, state=state, since=since, limit=limit))
     if as_json:
         print(json.dumps(rows))
         return
@@ -261,8 +285,7 @@ def studies_show(
 
     settings = _settings(config)
     db = _db(settings)
-    detail = reports.study_detail(db, study_id)
-    db.dispose()
+    detail = _read(db, lambda: reports.study_detail(db, study_id))
     if detail is None:
         err.print(f"[red]error:[/red] study {study_id} does not exist")
         raise typer.Exit(4)
@@ -289,7 +312,7 @@ def _act(action: str, config: Path | None, target: int) -> None:
     from daemon import operations
 
     settings = _settings(config)
-    db = _db(settings)
+    db = _db(settings, write=True)
     try:
         if action in ("retry", "reroute"):
             from daemon.dispatch import Dispatcher
@@ -359,7 +382,7 @@ def purge(
     from daemon.retention import purge as run
 
     settings = _settings(config)
-    db = _db(settings)
+    db = _db(settings, write=not dry_run)
     try:
         report = run(settings, db, actor=_actor(), dry_run=dry_run)
     finally:

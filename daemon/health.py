@@ -40,11 +40,20 @@ def spool_free_bytes(settings: Settings) -> int:
 
 
 def check_database(db: Database) -> Check:
+    """Reachable, and its schema current (read only: a pending migration is reported,
+    never applied here)."""
     try:
         db.ping()
     except Exception as exc:  # noqa: BLE001
         return Check("database", False, f"unreachable: {_short(exc)}")
-    return Check("database", True, "reachable")
+    try:
+        problem = db.schema_problem()
+    except Exception as exc:  # noqa: BLE001
+        return Check("database", False, f"reachable, but its schema version cannot be read: "
+                                        f"{_short(exc)}")
+    if problem:
+        return Check("database", False, problem)
+    return Check("database", True, "reachable, schema current")
 
 
 def check_broker(broker: Broker) -> Check:
@@ -81,7 +90,7 @@ def check_listener(settings: Settings, accepting: Callable[[], bool] | None = No
 
 
 def queued_by_queue(db: Database) -> dict[str, int]:
-    with db.session() as session:
+    with db.read() as session:
         return dict(session.execute(
             select(Job.queue, func.count()).where(Job.state == JobState.QUEUED)
             .group_by(Job.queue)).all())
@@ -101,7 +110,7 @@ def check_workers(db: Database, broker: Broker, heartbeat_timeout: float) -> Che
         how = f"{len(workers)} worker(s) answered"
     else:  # broker remote control unavailable: a recent heartbeat proves a consumer
         since = utcnow() - dt.timedelta(seconds=heartbeat_timeout)
-        with db.session() as session:
+        with db.read() as session:
             served = set(session.scalars(select(Job.queue).where(
                 Job.heartbeat_at >= since).distinct()).all())
         how = "no broker answer; judged by job heartbeats"
@@ -114,12 +123,16 @@ def check_workers(db: Database, broker: Broker, heartbeat_timeout: float) -> Che
 
 def readiness(settings: Settings, db: Database, broker: Broker,
               listener_accepting: Callable[[], bool] | None = None) -> list[Check]:
-    checks = [check_database(db), check_broker(broker), check_disk(settings),
+    database = check_database(db)
+    checks = [database, check_broker(broker), check_disk(settings),
               check_listener(settings, listener_accepting)]
-    if checks[0].ok:
-        checks.append(check_workers(db, broker, settings.worker.heartbeat_timeout_seconds))
-    else:
+    if not database.ok and database.detail.startswith("unreachable"):
         checks.append(Check("workers", False, "unknown: the database is unreachable"))
+        return checks
+    workers = check_workers(db, broker, settings.worker.heartbeat_timeout_seconds)
+    if not database.ok and not workers.ok and workers.detail.startswith("cannot read jobs"):
+        workers = Check("workers", False, "unknown: the database schema is not current")
+    checks.append(workers)
     return checks
 
 

@@ -1,5 +1,8 @@
 """Read-only views of the store for the admin API, the dashboard and the CLI.
 
+They read through ``Database.read()`` (no write lock on SQLite: a busy listener never
+holds them up); only :func:`sample_queues` writes.
+
 No patient data unless ``phi=True`` is passed (the API decides who may).
 """
 
@@ -83,12 +86,12 @@ def list_studies(db: Database, *, state: str | None = None, since: dt.datetime |
         q = q.where(Study.last_received_at >= since)
     if until:
         q = q.where(Study.last_received_at < until)
-    with db.session() as session:
+    with db.read() as session:
         return [study_dict(s, phi=phi) for s in session.scalars(q).all()]
 
 
 def study_detail(db: Database, study_id: int, *, phi: bool = False) -> dict[str, Any] | None:
-    with db.session() as session:
+    with db.read() as session:
         s = session.get(Study, study_id)
         if s is None:
             return None
@@ -116,7 +119,7 @@ def list_jobs(db: Database, *, state: str | None = None, limit: int = 100) -> li
     q = select(Job).order_by(Job.id.desc()).limit(limit)
     if state:
         q = q.where(Job.state == state)
-    with db.session() as session:
+    with db.read() as session:
         return [job_dict(j) for j in session.scalars(q).all()]
 
 
@@ -125,7 +128,7 @@ def list_deliveries(db: Database, *, state: str | None = None,
     q = select(Delivery).order_by(Delivery.id.desc()).limit(limit)
     if state:
         q = q.where(Delivery.state == state)
-    with db.session() as session:
+    with db.read() as session:
         return [delivery_dict(d) for d in session.scalars(q).all()]
 
 
@@ -196,7 +199,7 @@ def summary(db: Database, *, hours: int = 24) -> dict[str, Any]:
     """Dashboard summary: states, throughput per hour, latency percentiles, failures."""
     now = utcnow()
     since = now - dt.timedelta(hours=hours)
-    with db.session() as session:
+    with db.read() as session:
         finished = session.scalars(select(Event.at).where(
             Event.kind.in_(("finished", "failed")), Event.at >= since)).all()
         failed_events = session.scalar(select(func.count()).select_from(Event).where(
@@ -234,7 +237,7 @@ def summary(db: Database, *, hours: int = 24) -> dict[str, Any]:
 
 def queue_history(db: Database, *, hours: float = 6) -> dict[str, list[dict[str, Any]]]:
     since = utcnow() - dt.timedelta(hours=hours)
-    with db.session() as session:
+    with db.read() as session:
         rows = session.scalars(select(QueueSample).where(QueueSample.at >= since)
                                .order_by(QueueSample.at)).all()
         out: dict[str, list[dict[str, Any]]] = defaultdict(list)

@@ -12,7 +12,7 @@ from daemon.broker import Broker
 from daemon.config import Settings
 from daemon.health import readiness
 from daemon.queue import make_celery
-from daemon.store.db import Database
+from daemon.store.db import Database, SchemaUnknown
 from daemon.store.models import Delivery, DeliveryState, Job, JobState, Study
 
 
@@ -21,12 +21,31 @@ class DatabaseUnreadable(RuntimeError):
 
 
 def collect(settings: Settings, *, db: Database | None = None) -> dict[str, Any]:
-    """Everything ``pacsai status`` shows; raises DatabaseUnreadable if the store is out of reach."""
+    """Everything ``pacsai status`` shows; raises DatabaseUnreadable if the store is out of reach.
+
+    It only reads (no write lock on SQLite) and never migrates: a schema that is behind
+    is reported (the ``database`` check fails, ``database_schema`` lists the pending
+    migrations) and whatever the old schema can still answer is shown.
+    """
     own = db is None
     db = db or Database(settings.database_url)
     try:
         try:
-            db.upgrade()
+            db.ping()
+            try:
+                current: list[str] = list(db.current_revisions())
+                pending: list[str] | None = db.pending_migrations()
+                problem = db.schema_problem()
+            except SchemaUnknown as exc:
+                current, pending, problem = list(db.current_revisions()), None, str(exc)
+        except Exception as exc:  # noqa: BLE001
+            raise DatabaseUnreadable(_first_line(exc)) from exc
+        by_state: dict[str, int] = {}
+        jobs: dict[tuple[str, str], int] = {}
+        last_d: dict[str, Any] | None = None
+        failures: list[dict[str, Any]] = []
+        dead_d: list[dict[str, Any]] = []
+        try:
             with db.read() as session:
                 by_state = reports.studies_by_state(session)
                 jobs = reports.jobs_by_queue_state(session)
@@ -50,7 +69,10 @@ def collect(settings: Settings, *, db: Database | None = None) -> dict[str, Any]
                 dead_d = [{"delivery": d.id, "study": d.study_id, "destination": d.destination,
                            "attempts": d.attempts, "error": d.last_error} for d in dead]
         except Exception as exc:  # noqa: BLE001
-            raise DatabaseUnreadable(str(exc).splitlines()[0] if str(exc) else repr(exc)) from exc
+            if problem is None:
+                raise DatabaseUnreadable(_first_line(exc)) from exc
+            # a schema behind (or ahead) may lack what these queries read: the problem
+            # is reported by the database check; show what there is
         broker = Broker(settings, make_celery(settings, name="pacsai-status"))
         checks = readiness(settings, db, broker)
         names = sorted({q for q, _ in jobs} | {"cpu", "infer"})
@@ -72,10 +94,16 @@ def collect(settings: Settings, *, db: Database | None = None) -> dict[str, Any]
             "last_received": last_d,
             "recent_failures": failures,
             "dead_deliveries": dead_d,
+            "database_schema": {"revisions": current, "pending_migrations": pending,
+                                "problem": problem},
         }
     finally:
         if own:
             db.dispose()
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else repr(exc)
 
 
 def _by_state(jobs: dict[tuple[str, str], int]) -> dict[str, int]:

@@ -50,7 +50,7 @@ def make_router(auth: Any) -> APIRouter:
     @router.get("/queues", summary="Depth per queue: database, broker, workers")
     def queues(request: Request, caller: CallerDep) -> list[dict[str, Any]]:
         st = _state(request)
-        with st.db.session() as session:
+        with st.db.read() as session:
             counts = reports.jobs_by_queue_state(session)
         names = sorted({q for q, _ in counts} | {"cpu", "infer"})
         try:

@@ -33,7 +33,11 @@ def test_status_degraded_and_unreadable_exit_codes(tmp_path: Path) -> None:
     assert degraded.returncode == 1, degraded.stderr
     report = json.loads(degraded.stdout)
     assert not report["healthy"]
-    assert [c["name"] for c in report["checks"] if not c["ok"]] == ["listener"]
+    # a data dir no service has started yet: status migrates nothing, it says so
+    failing = {c["name"]: c["detail"] for c in report["checks"] if not c["ok"]}
+    assert list(failing) == ["database", "listener", "workers"], failing
+    assert "schema is behind (no schema yet" in failing["database"]
+    assert "run `pacsai db upgrade`" in failing["database"]
     table = pacsai(tmp_path, "status")
     assert table.returncode == 1 and "degraded" in table.stdout and "listener" in table.stdout
 
