@@ -18,6 +18,7 @@ from daemon.broker import Broker
 from daemon.config import Settings
 from daemon.store.db import Database
 from daemon.store.models import Job, JobState, utcnow
+from daemon.supervisor import read_state, restarting_detail
 
 
 @dataclass(frozen=True)
@@ -132,8 +133,18 @@ def readiness(settings: Settings, db: Database, broker: Broker,
     workers = check_workers(db, broker, settings.worker.heartbeat_timeout_seconds)
     if not database.ok and not workers.ok and workers.detail.startswith("cannot read jobs"):
         workers = Check("workers", False, "unknown: the database schema is not current")
-    checks.append(workers)
+    checks.append(_with_supervised_worker(settings, workers))
     return checks
+
+
+def _with_supervised_worker(settings: Settings, workers: Check) -> Check:
+    """A ``pacsai serve`` on this machine whose worker is down, waiting for its next try
+    (daemon.supervisor), makes the workers check fail with the reason."""
+    state = read_state(settings.data_dir)
+    detail = restarting_detail(state) if state is not None else None
+    if detail is None:
+        return workers
+    return Check("workers", False, detail + ("" if workers.ok else f"; {workers.detail}"))
 
 
 def _short(exc: BaseException) -> str:

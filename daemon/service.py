@@ -1,11 +1,11 @@
-"""Process assembly: the listener service, and ``serve`` = listener + a supervised worker."""
+"""Process assembly: the listener service, and ``serve`` = listener + a supervised worker
+(restarted with backoff when it exits, see daemon.supervisor)."""
 
 from __future__ import annotations
 
 import logging
 import os
 import signal
-import subprocess
 import sys
 import threading
 from collections.abc import Callable
@@ -28,6 +28,7 @@ from daemon.admin.app import create_app
 from daemon.admin.server import AdminServer
 from daemon.store.db import Database
 from daemon.study_tracker import CompletedJob, StudyTracker
+from daemon.supervisor import WorkerSupervisor, state_path
 
 log = logging.getLogger(__name__)
 
@@ -184,26 +185,25 @@ def serve(settings: Settings, *, with_worker: bool = True) -> None:
     service = ListenerService(settings)
     service.start()
     notifier.ready(f"listening on port {service.listener.port}")
-    worker: subprocess.Popen[bytes] | None = None
     cmd = worker_command(settings, ["cpu", *settings.queues.inference], settings.worker.concurrency)
     env = worker_env(settings)
     env.pop("NOTIFY_SOCKET", None)  # the supervised worker is not the unit's main process
+    worker = WorkerSupervisor(cmd, env, state_path(settings.data_dir),
+                              preexec_fn=_die_with_parent) if with_worker else None
     try:
         while not stop.is_set():
-            if with_worker and (worker is None or worker.poll() is not None):
-                if worker is not None:
-                    log.error("worker exited with %s; restarting it", worker.returncode)
-                worker = subprocess.Popen(cmd, preexec_fn=_die_with_parent, env=env)
+            wait = min(1.0, notifier.interval)
+            if worker is not None:
+                worker.poll()  # starts it, or notices an exit and schedules the next try
+                due = worker.seconds_to_next_start()
+                if due is not None:
+                    wait = min(wait, max(due, 0.05))
             notifier.maybe_ping()  # from this loop: a hung loop stops the watchdog pings
-            stop.wait(min(1.0, notifier.interval))
+            stop.wait(wait)
     finally:
         notifier.stopping()
-        if worker is not None and worker.poll() is None:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                worker.wait(30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+        if worker is not None:
+            worker.stop()
         service.stop()
 
 
