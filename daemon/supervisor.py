@@ -50,9 +50,9 @@ def _reason_line(tail: collections.deque[str]) -> str:
 def _describe_exit(code: int) -> str:
     if code < 0:
         try:
-            return f"was killed by {signal.Signals(-code).name}"
+            return f"exited (killed by {signal.Signals(-code).name})"
         except ValueError:
-            return f"was killed by signal {-code}"
+            return f"exited (killed by signal {-code})"
     return f"exited with code {code}"
 
 

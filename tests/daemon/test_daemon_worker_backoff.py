@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pacsai_process import REPO, PacsaiProcess, wait_until
 
-EXIT = re.compile(r"worker (exited with code (-?\d+)|was killed by \w+) (within [\d.]+ s of its start"
+EXIT = re.compile(r"worker exited (with code (-?\d+)|\(killed by \w+\)) (within [\d.]+ s of its start"
                   r"|after \d+ s)(: [^\n]*?)?; restarting it in ([\d.]+) s")
 GOOD = "[study]\nquiet_seconds = 1\n"
 BROKEN = "[study\nquiet_seconds = 1\n"  # a missing bracket
