@@ -42,7 +42,7 @@ from daemon.config import ListenerSettings
 from daemon.spool import Spool, SpoolFull, StoredFile
 from daemon.study_tracker import Arrival, StudyTracker
 from daemon.transport import bounded_request_handler
-from dicom_io.wire import MalformedDataset, inspect_dataset
+from dicom_io.wire import DatasetTooLarge, MalformedDataset, inspect_dataset
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +228,11 @@ class Listener:
         ts = str(event.context.transfer_syntax)
         stream = req.DataSet.getbuffer()  # type: ignore[union-attr]
         try:
-            header = inspect_dataset(stream, ts)
+            header = inspect_dataset(stream, ts, max_inflated_bytes=self.settings.max_dataset_bytes)
+        except DatasetTooLarge as exc:  # a deflated data set past the cap (never inflated whole)
+            self._count_failure("too_large")
+            log.warning("refused a data set from %s: %s", assoc.requestor.ae_title, exc)
+            return _status(OUT_OF_RESOURCES, f"out of resources: {exc}")
         except MalformedDataset as exc:
             self._count_failure(metrics.REFUSE_MALFORMED)
             log.warning("refused a malformed data set from %s: %s", assoc.requestor.ae_title, exc)

@@ -19,7 +19,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian
 
-from dicom_io import uids
+from dicom_io import charset, uids
 from dicom_io.results import DEFAULT_DISCLAIMER, AnalysisResult, Finding
 from dicom_io.sc_writer import _resize
 from dicom_io.sr_writer import algorithm_equipment, header_only
@@ -99,8 +99,10 @@ def write_parametric_map(
         content_creator_name=None,
         contributing_equipment=[algorithm_equipment(result)],
         series_description=f"{algo.name} map - {options.disclaimer}"[:64],
+        specific_character_set=charset.CONSTRUCTION_CHARACTER_SET,
     )
     if "Laterality" not in pm and not headers[0].get("BodyPartExamined"):
         pm.Laterality = ""  # Type 2C, unknown (as for the SC)
+    charset.apply_output_character_set(pm, headers[0])
     logger.info("wrote parametric map %s (%d frames)", pm.SOPInstanceUID, len(frames))
     return pm

@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from dicom_io import pixels, uids
+from dicom_io import charset, pixels, uids
 from dicom_io.results import DEFAULT_DISCLAIMER, AnalysisResult, Finding, ImageEvidence
 from dicom_io.sr_writer import algorithm_equipment, header_only
 
@@ -235,6 +235,7 @@ def write_heatmap_sc(
         series_description=series_description(result, options),
         manufacturer_model_name=algo.manufacturer_model_name[:64],
         software_versions=algo.software_versions,
+        specific_character_set=charset.CONSTRUCTION_CHARACTER_SET,
     )
     if orientation is None:
         sc.PatientOrientation = ""  # Type 2: unknown
@@ -276,7 +277,7 @@ def write_heatmap_sc(
     if result.analysed_at is not None:
         sc.DateOfSecondaryCapture = result.analysed_at.strftime("%Y%m%d")
         sc.TimeOfSecondaryCapture = result.analysed_at.strftime("%H%M%S")
-    return sc
+    return charset.apply_output_character_set(sc, ref)
 
 
 def _cached_display(cache: dict[FrameKey, np.ndarray], source: Dataset,

@@ -12,7 +12,7 @@ import highdicom as hd
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
-from dicom_io import uids
+from dicom_io import charset, uids
 from dicom_io.results import (
     DEFAULT_DISCLAIMER,
     AnalysisResult,
@@ -274,8 +274,10 @@ def write_sr(
         series_description=series_description(result, options),
         manufacturer_model_name=algo.manufacturer_model_name[:64],
         software_versions=algo.software_versions,
+        specific_character_set=charset.CONSTRUCTION_CHARACTER_SET,
         **kwargs,
     )
+    charset.apply_output_character_set(sr, headers[0])
     logger.info(
         "wrote SR %s for study version %s (%d findings, %d sources)",
         sr.SOPInstanceUID, result.study_version, len(result.findings), len(headers),

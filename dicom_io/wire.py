@@ -7,6 +7,11 @@ element, item and sequence ends inside the buffer and that the stream ends on an
 element boundary, and picks up the few top-level attributes the spool needs.
 pydicom does not do this for us: it returns short values for a truncated stream
 without complaint.
+
+Text values (descriptions, body part) are decoded with the instance's own Specific
+Character Set (:mod:`dicom_io.charset`), as routing rules must see them. A deflated
+data set is inflated with a bound: past ``max_inflated_bytes`` it is refused with
+:class:`DatasetTooLarge` before more is allocated.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ from __future__ import annotations
 import struct
 import zlib
 from dataclasses import dataclass
+
+from dicom_io import charset
 
 IMPLICIT_VR_LE = "1.2.840.10008.1.2"
 EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
@@ -28,6 +35,7 @@ _MAX_DEPTH = 32
 
 # Top-level attributes the spool records: (group << 16 | element) -> name.
 _WANTED = {
+    0x00080005: "specific_character_set",
     0x00080016: "sop_class_uid",
     0x00080018: "sop_instance_uid",
     0x00080060: "modality",
@@ -37,11 +45,16 @@ _WANTED = {
     0x0020000D: "study_instance_uid",
     0x0020000E: "series_instance_uid",
 }
+_TEXT = ("study_description", "series_description", "body_part_examined")
 _PIXEL_DATA = 0x7FE00010
 
 
 class MalformedDataset(ValueError):
     """The encoded data set is truncated or structurally invalid."""
+
+
+class DatasetTooLarge(MalformedDataset):
+    """The data set inflates past the size we accept (listener.max_dataset_bytes)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +70,8 @@ class DatasetHeader:
     study_description: str = ""
     series_description: str = ""
     body_part_examined: str = ""
+    #: (0008,0005) as received, values joined with a backslash ("" when absent).
+    specific_character_set: str = ""
 
 
 class _Walker:
@@ -67,7 +82,7 @@ class _Walker:
         self.tag_fmt = struct.Struct(e + "HH")
         self.u16 = struct.Struct(e + "H")
         self.u32 = struct.Struct(e + "I")
-        self.found: dict[str, str] = {}
+        self.found: dict[str, bytes] = {}
         self.has_pixel_data = False
 
     def _header(self, pos: int) -> tuple[int, bytes | None, int, int]:
@@ -123,9 +138,7 @@ class _Walker:
                 if vr == b"SQ":
                     self._defined_sequence(value, stop, depth)
                 elif top and tag in _WANTED:
-                    self.found[_WANTED[tag]] = (
-                        bytes(self.buf[value:stop]).strip(b"\x00 ").decode("utf-8", "replace")
-                    )
+                    self.found[_WANTED[tag]] = bytes(self.buf[value:stop])
                 pos = stop
             if top and tag == _PIXEL_DATA:
                 self.has_pixel_data = True
@@ -177,24 +190,54 @@ class _Walker:
             pos += length
 
 
-def inspect_dataset(stream: bytes | memoryview, transfer_syntax: str) -> DatasetHeader:
+def inflate(stream: bytes | memoryview, max_bytes: int = 0) -> bytes:
+    """Inflate a Deflated Explicit VR Little Endian data set (raw deflate, PS3.5 A.5).
+
+    At most ``max_bytes + 1`` bytes are ever produced (0: no bound); a stream that
+    inflates past ``max_bytes`` raises :class:`DatasetTooLarge`. The pad byte that
+    makes an odd-length stream even is ignored.
+    """
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    try:
+        out = inflater.decompress(stream, max_bytes + 1 if max_bytes else 0)
+    except zlib.error as exc:
+        raise MalformedDataset(f"deflated data set does not inflate: {exc}") from None
+    if max_bytes and (len(out) > max_bytes or inflater.unconsumed_tail):
+        raise DatasetTooLarge(
+            f"deflated data set inflates past {max_bytes} bytes (the maximum, "
+            f"listener.max_dataset_bytes; {len(stream)} bytes as sent)")
+    if not inflater.eof:
+        raise MalformedDataset("deflated data set does not inflate: truncated stream")
+    return out
+
+
+def _ascii(raw: bytes | None) -> str:
+    return raw.strip(b"\x00 ").decode("ascii", "replace") if raw else ""
+
+
+def inspect_dataset(stream: bytes | memoryview, transfer_syntax: str,
+                    max_inflated_bytes: int = 0) -> DatasetHeader:
     """Validate the structure of an encoded data set and return its identifying UIDs.
 
     ``stream`` is the data set without preamble or file meta, encoded in
-    ``transfer_syntax``. Raises :class:`MalformedDataset` with a reason.
+    ``transfer_syntax``. Raises :class:`MalformedDataset` with a reason, and its
+    subclass :class:`DatasetTooLarge` when a deflated data set inflates past
+    ``max_inflated_bytes`` (0: no bound).
     """
     if transfer_syntax == DEFLATED_EXPLICIT_VR_LE:
-        try:
-            stream = zlib.decompress(stream, -zlib.MAX_WBITS)
-        except zlib.error as exc:
-            raise MalformedDataset(f"deflated data set does not inflate: {exc}") from None
+        stream = inflate(stream, max_inflated_bytes)
     explicit = transfer_syntax != IMPLICIT_VR_LE
     little = transfer_syntax != EXPLICIT_VR_BE
     walker = _Walker(stream, explicit, little)
     if not stream:
         raise MalformedDataset("empty data set")
     walker.walk(0, len(stream), 0, True, None)
-    found = walker.found
+    raw = walker.found
+    terms = charset.terms_of(raw.get("specific_character_set"))
+    found = {k: _ascii(v) for k, v in raw.items() if k not in _TEXT}
+    for key in _TEXT:
+        if key in raw:
+            found[key] = charset.decode_text(raw[key], terms).strip()
     missing = [k for k in ("sop_class_uid", "sop_instance_uid", "study_instance_uid")
                if not found.get(k)]
     if missing:
@@ -209,4 +252,5 @@ def inspect_dataset(stream: bytes | memoryview, transfer_syntax: str) -> Dataset
         study_description=found.get("study_description", ""),
         series_description=found.get("series_description", ""),
         body_part_examined=found.get("body_part_examined", ""),
+        specific_character_set="\\".join(terms),
     )
