@@ -138,8 +138,7 @@ def index_study(db: Database, spool: Spool, study_id: int) -> IndexResult:
                 ids = [x.instance_id for x in headers if x.series_uid == uid]
                 session.execute(update(Instance).where(Instance.id.in_(ids))
                                 .values(series_id=sid))
-        done = [x.instance_id for x in headers] + [i for i, _, _ in todo
-                                                   if i not in {x.instance_id for x in headers}]
+        done = [i for i, _, _ in todo]  # unreadable ones too: they are not read again
         session.execute(update(Instance).where(Instance.id.in_(done), Instance.indexed_at.is_(None))
                         .values(indexed_at=now))
         counts = (select(func.count()).select_from(Instance)

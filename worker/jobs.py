@@ -45,9 +45,8 @@ def claim(db: Database, job_id: int, task_id: str, max_attempts: int,
         owner = lifecycle.claim(session, job_id, task_id, now)
         if owner is None:
             return None
-        job = session.get(Job, job_id)
+        job = session.get(Job, job_id)  # loaded after the claim's UPDATE, in its transaction
         assert job is not None
-        session.refresh(job)
         study = session.get(Study, job.study_id)
         assert study is not None
         if owner.attempt > max_attempts:
@@ -81,7 +80,6 @@ def outcome(db: Database, owner: Owner, *, error: str | None = None,
             raise LostOwnership(owner)
         job = session.get(Job, owner.job_id)
         assert job is not None
-        session.refresh(job)
         study = session.get(Study, job.study_id)
         assert study is not None
         yield session, study

@@ -15,6 +15,7 @@ forever. The watchdog gives thread-pool workers the same contract:
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -101,18 +102,10 @@ class Watchdog:
         except Exception:  # noqa: BLE001 - the process goes anyway; the reconciler re-sends
             log.exception("%s: could not record the hard time limit", w.label)
         for handler in logging.getLogger().handlers:
-            with _suppress():
+            with contextlib.suppress(Exception):
                 handler.flush()
         sys.stderr.flush()
         self.exit_process(EXIT_HARD_LIMIT)
-
-
-class _suppress:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> bool:
-        return True
 
 
 def _raise_in_thread(thread_id: int, exc_type: type[BaseException]) -> bool:

@@ -17,22 +17,10 @@ from daemon.store.models import Delivery, Event, Finding, Job, Study, utcnow
 from dicom_io.synthetic_study import ct_series
 from pacsai_process import wait_until
 from peers import RedisServer, StoreSCP, WorkerProcess, send_datasets
-from test_queue_redis import ANOMALY, db_of, jobs_of, listener  # type: ignore[import-not-found]
+from test_queue_redis import (  # type: ignore[import-not-found]  # noqa: F401 - fixtures
+    ANOMALY, db_of, jobs_of, listener, redis, scp)
 
 SLOW = {**ANOMALY, "modalities": ["CT"]}  # a long CT through the model: time to act mid-job
-
-
-@pytest.fixture
-def redis(tmp_path: Path):  # type: ignore[no-untyped-def]
-    with RedisServer(tmp_path / "redis") as server:
-        yield server
-
-
-@pytest.fixture
-def scp():  # type: ignore[no-untyped-def]
-    peer = StoreSCP()
-    yield peer
-    peer.stop()
 
 
 def _events(db: Database, kind: str) -> list[Event]:
