@@ -98,7 +98,7 @@ def daily_stats(db: Database, *, days: int = 14) -> dict[str, list[DayStats]]:
     since = (utcnow() - dt.timedelta(days=days - 1)).replace(hour=0, minute=0, second=0,
                                                               microsecond=0)
     groups: dict[tuple[str, str], list[tuple[float, bool]]] = defaultdict(list)
-    with db.session() as session:
+    with db.read() as session:  # a read path: no write lock (the dashboard, /metrics)
         rows = session.execute(select(Finding.model_name, Finding.label, Finding.created_at,
                                       Finding.score, Finding.present)
                                .where(Finding.created_at >= since)).all()

@@ -70,3 +70,32 @@ def test_too_few_findings_give_no_verdict(tmp_path: Path, db: Database) -> None:
     (report,) = monitor(db, settings.monitoring)
     assert report.model == "cls/effusion" and not report.drift
     assert report.expected["positive_rate"] == 0.1  # model-wide expectation applies per label
+
+
+def test_daily_figures_are_read_while_a_writer_holds_the_lock(tmp_path: Path) -> None:
+    """The dashboard and /metrics read the monitoring figures without SQLite's write lock:
+    a listener in the middle of a write does not hold them up (busy_timeout is 30 s)."""
+    import sqlite3
+    import threading
+    import time
+
+    from daemon.monitoring import daily_stats
+
+    db = Database(f"sqlite:///{tmp_path / 'pacsai.db'}")
+    db.upgrade()
+    sid = add_study(db, state="done", uid="2.9", job_state="done")
+    add_findings(db, sid, "cls", "effusion", [0.9, 0.1], threshold=0.5)
+    writer = sqlite3.connect(tmp_path / "pacsai.db", isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")
+    got: list[object] = []
+    try:
+        reader = threading.Thread(target=lambda: got.append(daily_stats(db)), daemon=True)
+        started = time.monotonic()
+        reader.start()
+        reader.join(5)
+        assert got, f"daily_stats still waiting for the write lock after {time.monotonic() - started:.1f} s"
+        assert got[0]["cls/effusion"][0].n == 2  # type: ignore[index]
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+        db.dispose()
