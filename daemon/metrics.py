@@ -38,10 +38,12 @@ REFUSE_WRITE = "spool_write_failed"
 REFUSE_MALFORMED = "malformed"
 REFUSE_MISMATCH = "uid_mismatch"
 REFUSE_DATABASE = "database"
+REFUSE_TOO_LARGE = "too_large"  # a deflated data set inflating past listener.max_dataset_bytes
 
 for _r in (REJECT_CALLING_AET, REJECT_LIMIT, REJECT_OTHER):
     REJECTED.labels(_r)
-for _r in (REFUSE_DISK_FULL, REFUSE_WRITE, REFUSE_MALFORMED, REFUSE_MISMATCH, REFUSE_DATABASE):
+for _r in (REFUSE_DISK_FULL, REFUSE_WRITE, REFUSE_MALFORMED, REFUSE_MISMATCH, REFUSE_DATABASE,
+           REFUSE_TOO_LARGE):
     REFUSED.labels(_r)
 
 

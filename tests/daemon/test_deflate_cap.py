@@ -157,3 +157,14 @@ def test_dcmtk_storescu_sending_a_deflate_bomb_is_refused(capped: PacsaiProcess,
     assert "Received Store Response (Success)" in out, out  # the next file, same association
     assert _study(capped, dcmread(bomb, stop_before_pixels=True).StudyInstanceUID) is None
     assert wait_until(lambda: _study(capped, good.StudyInstanceUID), 10)
+
+
+def test_the_too_large_refusal_is_a_label_dashboards_see_from_the_start() -> None:
+    """Like every refusal reason, "too_large" is exported (at 0) before the first refusal."""
+    from prometheus_client import generate_latest
+
+    from daemon import metrics
+
+    assert metrics.REFUSE_TOO_LARGE == "too_large"
+    text = generate_latest(metrics.REGISTRY).decode()
+    assert 'pacsai_instances_refused_total{reason="too_large"}' in text
