@@ -75,7 +75,9 @@ class ListenerSettings(_Section):
     max_dataset_bytes: int = Field(
         2 << 30, ge=0,
         description="Largest data set one C-STORE may carry (held in memory while received); "
-                    "larger ones abort the association. 0 = no limit.")
+                    "larger ones abort the association. A deflated data set is inflated only "
+                    "up to it: one that inflates past it is refused with 0xA700 (Out of "
+                    "Resources) and the association goes on. 0 = no limit.")
     acse_timeout: float = Field(30.0, gt=0)
     dimse_timeout: float = Field(60.0, gt=0)
     network_timeout: float = Field(60.0, gt=0)
