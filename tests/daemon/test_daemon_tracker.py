@@ -164,6 +164,44 @@ def test_recovery_indexes_files_the_database_lacks(db: Database, tmp_path: Path)
         h.tracker.stop()
 
 
+def test_recovered_instances_are_routed_on_their_descriptions(db: Database, tmp_path: Path) -> None:
+    """A study whose rows were lost in a crash is routed as if received: recovery reads the
+    descriptions (in the instance's own character set) and body part, as the listener does."""
+    from daemon.routing import RouteRule, Router
+
+    spool = Spool(tmp_path / "spool")
+    series = list(ct_series(2, 32, body_part="CHEST", description="Thorax Ödem"))
+    for ds in series:
+        ds.SpecificCharacterSet = "ISO_IR 100"
+        ds.StudyDescription = "Ganzkörper"
+        ds.file_meta.SourceApplicationEntityTitle = "MODALITY"
+        path = spool.path(spool.relative_path(ds.StudyInstanceUID, ds.SOPInstanceUID))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ds.save_as(path, enforce_file_format=True)
+    assert "Ödem".encode("latin_1") in path.read_bytes()
+    rules = [RouteRule.model_validate({
+        "name": "oedema", "match": {"series_description": "ödem", "body_part": "CHEST",
+                                    "study_description": "^Ganzkörper$",
+                                    "calling_aet": ["MODALITY"]},
+        "action": {"pipelines": ["a"]}})]
+    h = Harness(db, spool)
+    h.tracker.router = Router(["a"], rules, {})
+    h.tracker.start()
+    try:
+        assert recover_spool(spool, db, h.tracker) == 2
+        h.wait_complete(1)
+        with db.read() as s:
+            rows = s.scalars(select(Instance)).all()
+            study = s.get(Study, h.completed[0].study_id)
+            (job,) = s.scalars(select(Job)).all()
+        assert {(r.series_description, r.body_part_examined, r.calling_aet) for r in rows} == {
+            ("Thorax Ödem", "CHEST", "MODALITY")}
+        assert study.study_description == "Ganzkörper"
+        assert (job.pipeline, job.route) == ("a", "oedema")
+    finally:
+        h.tracker.stop()
+
+
 def test_routing_at_completion(db: Database, tmp_path: Path) -> None:
     from daemon.routing import RouteRule, Router
 
