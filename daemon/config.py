@@ -80,7 +80,22 @@ class ListenerSettings(_Section):
                     "Resources) and the association goes on. 0 = no limit.")
     acse_timeout: float = Field(30.0, gt=0)
     dimse_timeout: float = Field(60.0, gt=0)
-    network_timeout: float = Field(60.0, gt=0)
+    network_timeout: float = Field(
+        60.0, gt=0, description="An association silent this long, or a PDU stalled half-way "
+        "this long, is closed.")
+    association_request_timeout: float = Field(
+        5.0, gt=0, le=120,
+        description="A connection must send its whole A-ASSOCIATE-RQ (TLS handshake included) "
+                    "within this many seconds, or it is closed. Until then it holds no "
+                    "association slot and no thread.")
+    max_connections_per_address: int = Field(
+        32, ge=1, le=10000,
+        description="Open connections one source address may hold (negotiating or "
+                    "associated); more are refused at accept time, logged once a minute.")
+    max_pending_connections: int = Field(
+        128, ge=1, le=10000,
+        description="Connections, from all addresses, still to send their A-ASSOCIATE-RQ; "
+                    "more are refused at accept time.")
     tls: TLSSettings = Field(default_factory=TLSSettings)
 
     _ae = field_validator("ae_title")(_check_ae_title)

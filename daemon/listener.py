@@ -35,9 +35,8 @@ from pydicom.uid import (
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.presentation import AllStoragePresentationContexts
-from pynetdicom.transport import ThreadedAssociationServer
-
 from daemon import metrics, redact
+from daemon.association_gate import GateLimits, OffenderLog, gated_server_class
 from daemon.config import ListenerSettings
 from daemon.spool import Spool, SpoolFull, StoredFile
 from daemon.study_tracker import Arrival, StudyTracker
@@ -123,6 +122,9 @@ class Listener:
         self._server: Any = None
         self.stats_lock = threading.Lock()
         self.stats = {"instances": 0, "bytes": 0, "failures": 0, "associations": 0}
+        # refusals are logged once per peer and reason a minute, with a count: a hostile
+        # or broken peer cannot flood the log
+        self.offenders = OffenderLog()
         self.ae = self._make_ae()
 
     def _make_ae(self) -> AE:
@@ -158,9 +160,13 @@ class Listener:
         ]
         handler = bounded_request_handler(max_pdu_length=s.max_pdu_size,
                                           max_dataset_bytes=s.max_dataset_bytes)
+        limits = GateLimits(request_timeout=s.association_request_timeout,
+                            per_address=s.max_connections_per_address,
+                            max_pending=s.max_pending_connections,
+                            network_timeout=s.network_timeout)
         self._server = self.ae.make_server(
             (s.host, s.port), evt_handlers=handlers, ssl_context=ctx,
-            server_class=ThreadedAssociationServer, request_handler=handler,
+            server_class=gated_server_class(limits, self.offenders), request_handler=handler,
         )
         self.ae._servers.append(self._server)  # as start_server() does; shutdown() expects it
         threading.Thread(target=self._server.serve_forever, name="dicom-listener",
@@ -194,9 +200,14 @@ class Listener:
 
     def _on_rejected(self, event: evt.Event) -> None:
         a = event.assoc
-        metrics.association_rejected(self._reject_reason(a.requestor.ae_title))
-        log.warning("association rejected from %s (%s): calling AE not recognized or limits",
-                    a.requestor.ae_title, a.requestor.address)
+        reason = self._reject_reason(a.requestor.ae_title)
+        metrics.association_rejected(reason)
+        why = {metrics.REJECT_CALLING_AET: "calling AE not recognized (listener.allowed_calling_aets)",
+               metrics.REJECT_LIMIT: "too many associations (listener.max_associations = "
+                                     f"{self.settings.max_associations})"}.get(reason, "refused")
+        self.offenders.note(str(a.requestor.address), f"rejected-{reason}",
+                            f"association rejected from {a.requestor.ae_title} "
+                            f"({a.requestor.address}): {why}")
 
     def _reject_reason(self, calling_aet: str) -> str:
         allowed = self.settings.allowed_calling_aets
@@ -230,17 +241,22 @@ class Listener:
         try:
             header = inspect_dataset(stream, ts, max_inflated_bytes=self.settings.max_dataset_bytes)
         except DatasetTooLarge as exc:  # a deflated data set past the cap (never inflated whole)
-            self._count_failure("too_large")
-            log.warning("refused a data set from %s: %s", assoc.requestor.ae_title, exc)
+            self._refused(assoc, "too_large", f"refused a data set from {{ae}}: {exc}")
             return _status(OUT_OF_RESOURCES, f"out of resources: {exc}")
         except MalformedDataset as exc:
-            self._count_failure(metrics.REFUSE_MALFORMED)
-            log.warning("refused a malformed data set from %s: %s", assoc.requestor.ae_title, exc)
+            self._refused(assoc, metrics.REFUSE_MALFORMED,
+                          f"refused a malformed data set from {{ae}}: {exc}")
             return _status(CANNOT_UNDERSTAND, f"malformed data set: {exc}")
         if header.sop_instance_uid != req.AffectedSOPInstanceUID:
-            self._count_failure(metrics.REFUSE_MISMATCH)
-            log.warning("refused an instance whose SOP Instance UID differs from the command's")
+            self._refused(assoc, metrics.REFUSE_MISMATCH, "refused an instance from {ae} whose "
+                          "SOP Instance UID differs from the command's")
             return _status(DATASET_MISMATCH, "SOP Instance UID differs from the C-STORE command")
+        if header.sop_class_uid != req.AffectedSOPClassUID:  # PS3.4 C.4.2.1.4: 0xA900 too
+            self._refused(assoc, metrics.REFUSE_MISMATCH,
+                          f"refused an instance from {{ae}} whose SOP Class UID "
+                          f"{header.sop_class_uid} differs from the command's "
+                          f"{req.AffectedSOPClassUID}")
+            return _status(DATASET_MISMATCH, "SOP Class UID differs from the C-STORE command")
         # Shared study lock from the spool write until the row is committed: retention
         # never removes a file that was acknowledged after it decided (daemon.spool).
         with self.spool.study_lock(header.study_instance_uid):
@@ -286,6 +302,13 @@ class Listener:
             log.error("could not record an instance in the database: %s", redact.reason(exc))
             return _status(PROCESSING_FAILURE, "processing failure: database unavailable")
         return stored
+
+    def _refused(self, assoc: Any, reason: str, text: str) -> None:
+        """Count a refused instance; log it once per peer and reason a minute (then a count)."""
+        self._count_failure(reason)
+        ae = str(assoc.requestor.ae_title)
+        self.offenders.note(f"{ae}@{assoc.requestor.address}", f"refused-{reason}",
+                            text.replace("{ae}", ae))
 
     def _count_failure(self, reason: str) -> None:
         metrics.instance_refused(reason)

@@ -25,6 +25,10 @@ ASSOCIATIONS_ACTIVE = Gauge("pacsai_associations_active", "Associations open now
                             registry=REGISTRY)
 REJECTED = Counter("pacsai_associations_rejected", "Associations rejected, by reason.",
                    ["reason"], registry=REGISTRY)
+CONNECTIONS_REFUSED = Counter(
+    "pacsai_connections_refused",
+    "TCP connections closed before association: refused at accept, or no valid "
+    "A-ASSOCIATE-RQ in time (daemon.association_gate).", ["reason"], registry=REGISTRY)
 
 _lock = threading.Lock()
 _active: set[int] = set()
@@ -40,8 +44,13 @@ REFUSE_MISMATCH = "uid_mismatch"
 REFUSE_DATABASE = "database"
 REFUSE_TOO_LARGE = "too_large"  # a deflated data set inflating past listener.max_dataset_bytes
 
+CONNECTION_REASONS = ("per_address", "pending", "request_timeout", "not_a_request",
+                      "request_too_large", "tls", "connection_error")
+
 for _r in (REJECT_CALLING_AET, REJECT_LIMIT, REJECT_OTHER):
     REJECTED.labels(_r)
+for _r in CONNECTION_REASONS:
+    CONNECTIONS_REFUSED.labels(_r)
 for _r in (REFUSE_DISK_FULL, REFUSE_WRITE, REFUSE_MALFORMED, REFUSE_MISMATCH, REFUSE_DATABASE,
            REFUSE_TOO_LARGE):
     REFUSED.labels(_r)
@@ -54,6 +63,10 @@ def instance_received(size: int) -> None:
 
 def instance_refused(reason: str) -> None:
     REFUSED.labels(reason).inc()
+
+
+def connection_refused(reason: str) -> None:
+    CONNECTIONS_REFUSED.labels(reason).inc()
 
 
 def association_opened(assoc_id: int) -> None:

@@ -10,12 +10,16 @@ gets a :class:`BoundedAssociationSocket` instead, which
   ``max_dataset_bytes`` (the peer hears it at once, the log says why, nothing is
   spooled, other associations carry on);
 * reads each PDU into one buffer of its declared size with ``recv_into`` in
-  large steps (safe now that the size is bounded).
+  large steps (safe now that the size is bounded);
+* closes the connection when a PDU stops half-way for ``network_timeout`` seconds
+  (pynetdicom's own idle timer is never consulted while a read blocks);
+* starts from the A-ASSOCIATE-RQ that :mod:`daemon.association_gate` has already read.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 import struct
 
 from pynetdicom.pdu import A_ABORT_RQ
@@ -56,6 +60,15 @@ class BoundedAssociationSocket(AssociationSocket):
         self.max_dataset_bytes = max_dataset_bytes
         self._pdu_type: int | None = None
         self._dataset_bytes = 0
+        self._prefix = memoryview(b"")
+
+    def feed(self, prefix: bytes) -> None:
+        """Bytes already read from the peer (its A-ASSOCIATE-RQ): served before the socket."""
+        self._prefix = memoryview(prefix)
+
+    @property
+    def ready(self) -> bool:  # type: ignore[override]
+        return bool(self._prefix) or super().ready
 
     def recv(self, nr_bytes: int) -> bytearray:
         if nr_bytes == 6 and self._pdu_type is None:  # a PDU header: type, reserved, length
@@ -80,9 +93,20 @@ class BoundedAssociationSocket(AssociationSocket):
         assert sock is not None
         buffer = bytearray(nr_bytes)
         view = memoryview(buffer)
-        done = 0
+        done = min(len(self._prefix), nr_bytes)
+        if done:
+            view[:done] = self._prefix[:done]
+            self._prefix = self._prefix[done:]
         while done < nr_bytes:
-            got = sock.recv_into(view[done:], min(nr_bytes - done, READ_STEP))
+            try:
+                got = sock.recv_into(view[done:], min(nr_bytes - done, READ_STEP))
+            except socket.timeout:
+                requestor = getattr(self.assoc, "requestor", None)
+                log.warning("closing the connection from %s (%s): it stopped sending half-way "
+                            "through a PDU (%d of %d bytes) for %s s (listener.network_timeout)",
+                            getattr(requestor, "ae_title", "?"), getattr(requestor, "address", "?"),
+                            done, nr_bytes, sock.gettimeout())
+                raise
             if not got:
                 del view
                 return buffer[:done]
@@ -125,10 +149,21 @@ def bounded_request_handler(*, max_pdu_length: int, max_dataset_bytes: int) -> t
     """A pynetdicom request handler whose associations use :class:`BoundedAssociationSocket`."""
 
     class BoundedRequestHandler(RequestHandler):
+        def handle(self) -> None:
+            try:
+                super().handle()  # starts the association's own thread
+            finally:
+                handed_over = getattr(self.server, "handed_over", None)
+                if handed_over is not None:
+                    handed_over(self.request, self.client_address)
+
         def _create_association(self):  # type: ignore[no-untyped-def]
             assoc = super()._create_association()
-            BoundedAssociationSocket.adopt(assoc.dul.socket, max_pdu_length=max_pdu_length,
-                                           max_dataset_bytes=max_dataset_bytes)
+            sock = BoundedAssociationSocket.adopt(assoc.dul.socket, max_pdu_length=max_pdu_length,
+                                                  max_dataset_bytes=max_dataset_bytes)
+            take_prefix = getattr(self.server, "take_prefix", None)
+            if take_prefix is not None:
+                sock.feed(take_prefix(self.request))
             return assoc
 
     return BoundedRequestHandler
