@@ -78,6 +78,12 @@ class ListenerSettings(_Section):
                     "larger ones abort the association. A deflated data set is inflated only "
                     "up to it: one that inflates past it is refused with 0xA700 (Out of "
                     "Resources) and the association goes on. 0 = no limit.")
+    max_inflight_dataset_bytes: int = Field(
+        4 << 30, ge=0,
+        description="Data sets still being received, all associations together (each is held "
+                    "in memory until complete); the association whose data would pass it is "
+                    "aborted and its peer may retry. Bounds the listener's memory however many "
+                    "peers send at once. 0 = no limit.")
     acse_timeout: float = Field(30.0, gt=0)
     dimse_timeout: float = Field(60.0, gt=0)
     network_timeout: float = Field(

@@ -40,7 +40,7 @@ from daemon.association_gate import GateLimits, OffenderLog, gated_server_class
 from daemon.config import ListenerSettings
 from daemon.spool import Spool, SpoolFull, StoredFile
 from daemon.study_tracker import Arrival, StudyTracker
-from daemon.transport import bounded_request_handler
+from daemon.transport import InflightBudget, bounded_request_handler
 from dicom_io.wire import DatasetTooLarge, MalformedDataset, inspect_dataset
 
 log = logging.getLogger(__name__)
@@ -159,7 +159,8 @@ class Listener:
             (evt.EVT_CONN_CLOSE, self._on_closed),
         ]
         handler = bounded_request_handler(max_pdu_length=s.max_pdu_size,
-                                          max_dataset_bytes=s.max_dataset_bytes)
+                                          max_dataset_bytes=s.max_dataset_bytes,
+                                          budget=InflightBudget(s.max_inflight_dataset_bytes))
         limits = GateLimits(request_timeout=s.association_request_timeout,
                             per_address=s.max_connections_per_address,
                             max_pending=s.max_pending_connections,

@@ -13,6 +13,9 @@ gets a :class:`BoundedAssociationSocket` instead, which
   large steps (safe now that the size is bounded);
 * closes the connection when a PDU stops half-way for ``network_timeout`` seconds
   (pynetdicom's own idle timer is never consulted while a read blocks);
+* counts the unfinished data sets of all associations together against one budget
+  (``max_inflight_dataset_bytes``) and aborts the association that would pass it, so
+  memory stays bounded however many peers send at once;
 * starts from the A-ASSOCIATE-RQ that :mod:`daemon.association_gate` has already read.
 """
 
@@ -21,6 +24,7 @@ from __future__ import annotations
 import logging
 import socket
 import struct
+import threading
 
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.transport import AssociationSocket, RequestHandler
@@ -39,12 +43,31 @@ class PeerLimitExceeded(OSError):
     """The peer broke a limit; the association is aborted."""
 
 
+class InflightBudget:
+    """Bytes of data sets still being received, all associations together (0 = no limit)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.used = limit, 0
+        self._lock = threading.Lock()
+
+    def take(self, n: int) -> bool:
+        with self._lock:
+            if self.limit and self.used + n > self.limit:
+                return False
+            self.used += n
+            return True
+
+    def give(self, n: int) -> None:
+        with self._lock:
+            self.used -= n
+
+
 class BoundedAssociationSocket(AssociationSocket):
     """An :class:`AssociationSocket` that enforces PDU and data-set size limits."""
 
     @classmethod
-    def adopt(cls, sock: AssociationSocket, *, max_pdu_length: int,
-              max_dataset_bytes: int) -> "BoundedAssociationSocket":
+    def adopt(cls, sock: AssociationSocket, *, max_pdu_length: int, max_dataset_bytes: int,
+              budget: InflightBudget | None = None) -> "BoundedAssociationSocket":
         """Give the socket pynetdicom has just made for an association these limits.
 
         (Making a second socket instead would queue a second transport-connection
@@ -52,14 +75,17 @@ class BoundedAssociationSocket(AssociationSocket):
         """
         sock.__class__ = cls
         bounded: BoundedAssociationSocket = sock  # type: ignore[assignment]
-        bounded._set_limits(max_pdu_length, max_dataset_bytes)
+        bounded._set_limits(max_pdu_length, max_dataset_bytes, budget)
         return bounded
 
-    def _set_limits(self, max_pdu_length: int, max_dataset_bytes: int) -> None:
+    def _set_limits(self, max_pdu_length: int, max_dataset_bytes: int,
+                    budget: InflightBudget | None) -> None:
         self.max_pdu_length = max(max_pdu_length, MIN_PDU_LIMIT) if max_pdu_length else 0
         self.max_dataset_bytes = max_dataset_bytes
+        self.budget = budget
         self._pdu_type: int | None = None
         self._dataset_bytes = 0
+        self._held = 0  # of the budget
         self._prefix = memoryview(b"")
 
     def feed(self, prefix: bytes) -> None:
@@ -74,6 +100,9 @@ class BoundedAssociationSocket(AssociationSocket):
         if nr_bytes == 6 and self._pdu_type is None:  # a PDU header: type, reserved, length
             data = self._read(6)
             self._pdu_type = data[0] if len(data) == 6 else None
+            if self._pdu_type != P_DATA_TF:  # gone, releasing or aborting: no data set follows
+                self._dataset_bytes = 0
+                self._release()
             if self._pdu_type is not None:
                 length = struct.unpack(">L", data[2:6])[0]
                 if self.max_pdu_length and length > self.max_pdu_length:
@@ -83,7 +112,7 @@ class BoundedAssociationSocket(AssociationSocket):
             return data
         pdu_type, self._pdu_type = self._pdu_type, None
         data = self._read(nr_bytes)
-        if pdu_type == P_DATA_TF and self.max_dataset_bytes:
+        if pdu_type == P_DATA_TF and (self.max_dataset_bytes or self.budget):
             self._count_dataset_bytes(data)
         return data
 
@@ -100,14 +129,18 @@ class BoundedAssociationSocket(AssociationSocket):
         while done < nr_bytes:
             try:
                 got = sock.recv_into(view[done:], min(nr_bytes - done, READ_STEP))
-            except socket.timeout:
+            except OSError as exc:
+                self._release()
+                if not isinstance(exc, socket.timeout):
+                    raise
                 requestor = getattr(self.assoc, "requestor", None)
                 log.warning("closing the connection from %s (%s): it stopped sending half-way "
                             "through a PDU (%d of %d bytes) for %s s (listener.network_timeout)",
                             getattr(requestor, "ae_title", "?"), getattr(requestor, "address", "?"),
                             done, nr_bytes, sock.gettimeout())
                 raise
-            if not got:
+            if not got:  # the peer closed the connection
+                self._release()
                 del view
                 return buffer[:done]
             done += got
@@ -120,15 +153,36 @@ class BoundedAssociationSocket(AssociationSocket):
             item_length = struct.unpack_from(">L", body, offset)[0]
             control = body[offset + 5]
             if not control & 0x01:  # a data-set fragment, not a command
-                self._dataset_bytes += max(item_length - 2, 0)
-                if self._dataset_bytes > self.max_dataset_bytes:
+                fragment = max(item_length - 2, 0)
+                self._dataset_bytes += fragment
+                if self.max_dataset_bytes and self._dataset_bytes > self.max_dataset_bytes:
                     size = self._dataset_bytes
                     self._dataset_bytes = 0
+                    self._release()
                     self._refuse(f"a data set passed {size} bytes, above the "
                                  f"{self.max_dataset_bytes}-byte maximum (listener.max_dataset_bytes)")
+                if self.budget is not None:
+                    if not self.budget.take(fragment):
+                        self._dataset_bytes = 0
+                        self._release()
+                        self._refuse(f"all associations together hold {self.budget.used} bytes of "
+                                     "data sets still being received; this one's would pass the "
+                                     f"{self.budget.limit}-byte budget "
+                                     "(listener.max_inflight_dataset_bytes); the peer may retry")
+                    self._held += fragment
                 if control & 0x02:
                     self._dataset_bytes = 0
+                    self._release()
             offset += 4 + item_length
+
+    def _release(self) -> None:
+        if self.budget is not None and self._held:
+            self.budget.give(self._held)
+        self._held = 0
+
+    def close(self) -> None:
+        self._release()
+        super().close()
 
     def _refuse(self, reason: str) -> None:
         requestor = getattr(self.assoc, "requestor", None)
@@ -145,7 +199,8 @@ class BoundedAssociationSocket(AssociationSocket):
         raise PeerLimitExceeded(reason)
 
 
-def bounded_request_handler(*, max_pdu_length: int, max_dataset_bytes: int) -> type[RequestHandler]:
+def bounded_request_handler(*, max_pdu_length: int, max_dataset_bytes: int,
+                            budget: InflightBudget | None = None) -> type[RequestHandler]:
     """A pynetdicom request handler whose associations use :class:`BoundedAssociationSocket`."""
 
     class BoundedRequestHandler(RequestHandler):
@@ -160,7 +215,8 @@ def bounded_request_handler(*, max_pdu_length: int, max_dataset_bytes: int) -> t
         def _create_association(self):  # type: ignore[no-untyped-def]
             assoc = super()._create_association()
             sock = BoundedAssociationSocket.adopt(assoc.dul.socket, max_pdu_length=max_pdu_length,
-                                                  max_dataset_bytes=max_dataset_bytes)
+                                                  max_dataset_bytes=max_dataset_bytes,
+                                                  budget=budget)
             take_prefix = getattr(self.server, "take_prefix", None)
             if take_prefix is not None:
                 sock.feed(take_prefix(self.request))

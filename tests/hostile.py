@@ -10,14 +10,20 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from pydicom.uid import ImplicitVRLittleEndian
 from pynetdicom import AE
+from pynetdicom.dimse_messages import C_STORE_RQ
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 ATTACKER = "127.0.0.2"
 
 
-def association_request(calling: str = "HOSTILE", called: str = "PACSAI") -> bytes:
-    """The A-ASSOCIATE-RQ pynetdicom sends (Verification), captured on a raw socket."""
+def association_request(calling: str = "HOSTILE", called: str = "PACSAI",
+                        abstract_syntax: str = Verification) -> bytes:
+    """The A-ASSOCIATE-RQ pynetdicom sends (one context, Implicit VR Little Endian), captured
+    on a raw socket."""
     server = socket.create_server(("127.0.0.1", 0))
     got: list[bytes] = []
 
@@ -31,7 +37,7 @@ def association_request(calling: str = "HOSTILE", called: str = "PACSAI") -> byt
     t.start()
     ae = AE(ae_title=calling)
     ae.acse_timeout = 1
-    ae.add_requested_context(Verification)
+    ae.add_requested_context(abstract_syntax, ImplicitVRLittleEndian)
     ae.associate("127.0.0.1", server.getsockname()[1], ae_title=called)
     t.join(5)
     server.close()
@@ -93,3 +99,29 @@ def held_connections(port: int, n: int, payload: bytes = b"") -> Iterator[list[i
         t.join(10)
 
 
+
+
+def associate_raw(port: int, abstract_syntax: str, source: str = ATTACKER) -> socket.socket:
+    """A raw socket with an established association (presentation context 1)."""
+    s = connect_from_attacker(port, source)
+    s.sendall(association_request(abstract_syntax=abstract_syntax))
+    head = s.recv(6, socket.MSG_WAITALL)
+    assert head[0] == 0x02, head  # A-ASSOCIATE-AC
+    s.recv(struct.unpack(">L", head[2:])[0], socket.MSG_WAITALL)
+    return s
+
+
+def p_data(control: int, payload: bytes, context_id: int = 1) -> bytes:
+    """One P-DATA-TF PDU holding one PDV (control: bit 0 command, bit 1 last fragment)."""
+    item = bytes([context_id, control]) + payload
+    return struct.pack(">BBL", 0x04, 0, 4 + len(item)) + struct.pack(">L", len(item)) + item
+
+
+def c_store_command(sop_class: str, sop_instance: str) -> bytes:
+    """A C-STORE-RQ command set as one last command fragment."""
+    req = C_STORE()
+    req.MessageID, req.Priority = 1, 2
+    req.AffectedSOPClassUID, req.AffectedSOPInstanceUID = sop_class, sop_instance
+    msg = C_STORE_RQ()
+    msg.primitive_to_message(req)
+    return p_data(0x03, encode(msg.command_set, True, True))

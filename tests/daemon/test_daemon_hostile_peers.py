@@ -21,7 +21,8 @@ from pynetdicom.sop_class import CTImageStorage, MRImageStorage, Verification  #
 
 from dicom_io.synthetic_study import ct_series, write_series
 from pacsai_process import PacsaiProcess, echo, wait_until
-from hostile import ATTACKER, association_request, connect_from_attacker, held_connections
+from hostile import (ATTACKER, associate_raw, association_request, c_store_command,
+                     connect_from_attacker, held_connections, p_data)
 from test_daemon_faults import _tls_client, certs  # noqa: F401 - the mutual-TLS test's PKI
 
 def _threads(proc: PacsaiProcess) -> int:
@@ -153,3 +154,38 @@ def test_a_data_set_of_another_sop_class_than_the_command_is_refused(tmp_path: P
         assert assoc.send_c_store(good).Status == 0
         assoc.release()
         assert "SOP Class UID 1.2.840.10008.5.1.4.1.1.4 differs" in proc.log()
+
+
+def test_unfinished_data_sets_of_all_associations_share_one_memory_budget(tmp_path: Path) -> None:
+    cfg = {"PACSAI_LISTENER__MAX_PDU_SIZE": "65536",
+           "PACSAI_LISTENER__MAX_INFLIGHT_DATASET_BYTES": str(1 << 20)}  # 1 MiB, all together
+    chunk = b"\x00" * 60000
+    with PacsaiProcess(tmp_path / "data", command="listener", config=cfg) as proc:
+        first = associate_raw(proc.port, CTImageStorage)
+        first.sendall(c_store_command(CTImageStorage, generate_uid()))
+        for _ in range(12):  # 720 kB of a data set that never ends
+            first.sendall(p_data(0x00, chunk))
+        time.sleep(0.5)
+        second = associate_raw(proc.port, CTImageStorage)
+        second.sendall(c_store_command(CTImageStorage, generate_uid()))
+        second.settimeout(10)
+        with pytest.raises((ConnectionResetError, BrokenPipeError)):  # aborted at the budget
+            for _ in range(12):
+                second.sendall(p_data(0x00, chunk))
+                time.sleep(0.02)
+            assert second.recv(10)[:1] == b"\x07"  # A-ABORT
+            second.recv(10)
+            raise ConnectionResetError
+        wait_until(lambda: "(listener.max_inflight_dataset_bytes)" in proc.log(), 5)
+        first.close()  # its share is given back when its connection ends
+        time.sleep(0.5)
+        third = associate_raw(proc.port, CTImageStorage)
+        third.sendall(c_store_command(CTImageStorage, generate_uid()))
+        for _ in range(12):
+            third.sendall(p_data(0x00, chunk))
+        time.sleep(0.5)
+        assert proc.log().count("aborting the association from HOSTILE (127.0.0.2): all "
+                                "associations together hold") == 1
+        third.close()
+        second.close()
+        assert echo(proc.port)
