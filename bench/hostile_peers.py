@@ -37,15 +37,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from pydicom import dcmread  # noqa: E402
-from pynetdicom import AE, _config  # noqa: E402
-from pynetdicom.sop_class import CTImageStorage, MRImageStorage  # type: ignore[attr-defined] # noqa: E402
+from pynetdicom import _config  # noqa: E402
 
 from dicom_io.synthetic_study import ct_series, write_series  # noqa: E402
 from pacsai_process import PacsaiProcess, free_port  # noqa: E402
-from hostile import ATTACKER, association_request, held_connections  # noqa: E402
+from hostile import Fuzzer, association_request, held_connections  # noqa: E402
 
-_config.STORE_SEND_CHUNKED_DATASET = True  # send files as they are: the command from the meta
 _config.LOG_HANDLER_LEVEL = "none"
 ENV = {**os.environ, "TCP_NODELAY": "1"}
 
@@ -73,123 +70,6 @@ def proc_status(pid: int) -> tuple[float, int]:
         elif line.startswith("Threads:"):
             threads = int(line.split()[1])
     return rss, threads
-
-
-# -- the fuzzer ---------------------------------------------------------------------------------
-class Fuzzer:
-    def __init__(self, port: int, files: list[Path], work: Path, seed: int) -> None:
-        self.port, self.files, self.work = port, files, work
-        self.rq = association_request()
-        self.sent: Counter[str] = Counter()
-        self.lock = threading.Lock()
-        self.seed = seed
-
-    def _sock(self) -> socket.socket:
-        s = socket.socket()
-        s.bind((ATTACKER, 0))
-        s.settimeout(3)
-        s.connect(("127.0.0.1", self.port))
-        return s
-
-    def _raw(self, payload: bytes, linger: float = 0.0) -> None:
-        with self._sock() as s:
-            s.sendall(payload)
-            if linger:
-                time.sleep(linger)
-
-    def random_bytes(self, rng: random.Random) -> None:
-        self._raw(rng.randbytes(rng.randint(1, 8192)))
-
-    def truncated_pdu(self, rng: random.Random) -> None:
-        self._raw(self.rq[:rng.randint(1, len(self.rq) - 1)])
-
-    def huge_declared(self, rng: random.Random) -> None:
-        self._raw(struct.pack(">BBL", rng.randint(1, 7), 0, 0xFFFF_FFFF) + rng.randbytes(1024))
-
-    def garbage_items(self, rng: random.Random) -> None:
-        body = self.rq[:74] + rng.randbytes(rng.randint(10, 4000))
-        self._raw(struct.pack(">BBL", 1, 0, len(body) - 6) + body[6:], linger=0.05)
-
-    def _file_variant(self, rng: random.Random, kind: str) -> Path:
-        src = rng.choice(self.files)
-        ds = dcmread(src)
-        if kind == "class_mismatch":
-            ds.SOPClassUID = MRImageStorage
-        elif kind == "instance_mismatch":
-            ds.SOPInstanceUID = ds.SOPInstanceUID + ".9"
-        path = self.work / f"{kind}-{threading.get_ident()}.dcm"
-        ds.save_as(path)  # the file meta (what the command says) is kept as it was
-        data = bytearray(path.read_bytes())
-        meta_end = 132 + 12 + struct.unpack_from("<L", data, 140)[0]
-        if kind == "bit_flip":
-            for _ in range(rng.randint(1, 64)):
-                i = rng.randrange(meta_end, len(data))
-                data[i] ^= 1 << rng.randrange(8)
-        elif kind == "truncated":
-            data = data[:rng.randrange(meta_end + 1, len(data))]
-        path.write_bytes(bytes(data))
-        return path
-
-    def associated(self, rng: random.Random, kind: str) -> None:
-        ae = AE(ae_title="FUZZER")
-        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 5
-        ae.add_requested_context(CTImageStorage)
-        ae.add_requested_context(MRImageStorage)
-        assoc = ae.associate("127.0.0.1", self.port, ae_title="PACSAI", bind_address=(ATTACKER, 0))
-        if not assoc.is_established:
-            return
-        try:
-            if kind in ("drop_mid", "abort_mid"):
-                path = rng.choice(self.files)
-                t = threading.Thread(target=self._quietly, args=(assoc.send_c_store, path))
-                t.start()
-                time.sleep(rng.uniform(0.001, 0.02))
-                if kind == "abort_mid":
-                    assoc.abort()
-                else:
-                    raw = assoc.dul.socket.socket if assoc.dul.socket else None
-                    if raw is not None:
-                        raw.shutdown(socket.SHUT_RDWR)
-                t.join(10)
-                return
-            path = self._file_variant(rng, kind)
-            self._quietly(assoc.send_c_store, path)
-        finally:
-            if assoc.is_established:
-                assoc.release()
-
-    @staticmethod
-    def _quietly(fn, *args) -> None:  # type: ignore[no-untyped-def]
-        try:
-            fn(*args)
-        except Exception:  # noqa: BLE001 - the listener is the one under test
-            pass
-
-    KINDS = ("random_bytes", "truncated_pdu", "huge_declared", "garbage_items", "bit_flip",
-             "truncated", "drop_mid", "abort_mid", "class_mismatch", "instance_mismatch")
-
-    def run(self, seconds: float, workers: int) -> None:
-        stop = time.monotonic() + seconds
-
-        def worker(n: int) -> None:
-            rng = random.Random(self.seed + n)
-            while time.monotonic() < stop:
-                kind = rng.choice(self.KINDS)
-                try:
-                    if kind in ("random_bytes", "truncated_pdu", "huge_declared", "garbage_items"):
-                        getattr(self, kind)(rng)
-                    else:
-                        self.associated(rng, kind)
-                except OSError:
-                    pass
-                with self.lock:
-                    self.sent[kind] += 1
-
-        threads = [threading.Thread(target=worker, args=(i,)) for i in range(workers)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
 
 
 def storescp(port: int, out: Path) -> subprocess.Popen[bytes]:

@@ -21,7 +21,7 @@ from pynetdicom.sop_class import CTImageStorage, MRImageStorage, Verification  #
 
 from dicom_io.synthetic_study import ct_series, write_series
 from pacsai_process import PacsaiProcess, echo, wait_until
-from hostile import (ATTACKER, associate_raw, association_request, c_store_command,
+from hostile import (ATTACKER, Fuzzer, associate_raw, association_request, c_store_command,
                      connect_from_attacker, held_connections, p_data)
 from test_daemon_faults import _tls_client, certs  # noqa: F401 - the mutual-TLS test's PKI
 
@@ -189,3 +189,27 @@ def test_unfinished_data_sets_of_all_associations_share_one_memory_budget(tmp_pa
         third.close()
         second.close()
         assert echo(proc.port)
+
+
+def _rss_mb(proc: PacsaiProcess) -> float:
+    assert proc.proc is not None
+    for line in Path(f"/proc/{proc.proc.pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_after_a_fuzz_run_a_valid_peer_is_served_and_resources_come_back(tmp_path: Path) -> None:
+    files = write_series(ct_series(3, 128, seed=11), tmp_path / "ct")
+    with PacsaiProcess(tmp_path / "data", command="listener") as proc:
+        threads, rss = _threads(proc), _rss_mb(proc)
+        fuzz = Fuzzer(proc.port, files, tmp_path, seed=7)
+        fuzz.run(12, 4)
+        assert sum(fuzz.sent.values()) > 100 and len(fuzz.sent) == len(Fuzzer.KINDS)
+        ended = time.monotonic()
+        wait_until(lambda: echo(proc.port), 5)  # refused for 27 s after a fuzz run before
+        assert time.monotonic() - ended < 5
+        wait_until(lambda: _threads(proc) <= threads + 1, 10)
+        assert _rss_mb(proc) - rss < 100
+        spooled = {p.suffix for p in (proc.data_dir / "spool").rglob("*") if p.is_file()}
+        assert spooled <= {".dcm", ".lock", ""}, spooled
