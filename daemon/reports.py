@@ -61,11 +61,16 @@ def study_dict(s: Study, *, phi: bool = False) -> dict[str, Any]:
     return out
 
 
-def job_dict(j: Job) -> dict[str, Any]:
-    return {"id": j.id, "study_id": j.study_id, "version": j.version, "pipeline": j.pipeline,
-            "state": j.state, "queue": j.queue, "attempts": j.attempts, "error": j.error,
-            "queued_at": _iso(j.queued_at), "started_at": _iso(j.started_at),
-            "finished_at": _iso(j.finished_at), "heartbeat_at": _iso(j.heartbeat_at)}
+def job_dict(j: Job, *, phi: bool = False) -> dict[str, Any]:
+    """A job; ``error`` is the scrubbed reason, ``error_detail`` (the full text, which may
+    quote header values) only with ``phi``."""
+    out = {"id": j.id, "study_id": j.study_id, "version": j.version, "pipeline": j.pipeline,
+           "state": j.state, "queue": j.queue, "attempts": j.attempts, "error": j.error,
+           "queued_at": _iso(j.queued_at), "started_at": _iso(j.started_at),
+           "finished_at": _iso(j.finished_at), "heartbeat_at": _iso(j.heartbeat_at)}
+    if phi:
+        out["error_detail"] = j.error_detail
+    return out
 
 
 def delivery_dict(d: Delivery) -> dict[str, Any]:
@@ -106,7 +111,7 @@ def study_detail(db: Database, study_id: int, *, phi: bool = False) -> dict[str,
             **study_dict(s, phi=phi),
             "timeline": [{"at": _iso(e.at), "version": e.version, "kind": e.kind,
                           "job_id": e.job_id, "detail": dict(e.detail or {})} for e in events],
-            "jobs": [job_dict(j) for j in jobs],
+            "jobs": [job_dict(j, phi=phi) for j in jobs],
             "deliveries": [delivery_dict(d) for d in deliveries],
             "findings": [{"model": f.model_name, "version": f.model_version,
                           "backend": f.backend, "label": f.label, "score": f.score,
@@ -115,12 +120,27 @@ def study_detail(db: Database, study_id: int, *, phi: bool = False) -> dict[str,
         }
 
 
-def list_jobs(db: Database, *, state: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+def list_jobs(db: Database, *, state: str | None = None, limit: int = 100,
+              phi: bool = False) -> list[dict[str, Any]]:
     q = select(Job).order_by(Job.id.desc()).limit(limit)
     if state:
         q = q.where(Job.state == state)
     with db.read() as session:
-        return [job_dict(j) for j in session.scalars(q).all()]
+        return [job_dict(j, phi=phi) for j in session.scalars(q).all()]
+
+
+def job_detail(db: Database, job_id: int, *, phi: bool = False) -> dict[str, Any] | None:
+    """One job with its timeline events (``error_detail`` only with ``phi``)."""
+    with db.read() as session:
+        j = session.get(Job, job_id)
+        if j is None:
+            return None
+        events = session.scalars(select(Event).where(Event.job_id == job_id)
+                                 .order_by(Event.at, Event.id)).all()
+        return {**job_dict(j, phi=phi), "route": j.route, "priority": j.priority,
+                "task_id": j.task_id,
+                "timeline": [{"at": _iso(e.at), "kind": e.kind, "detail": dict(e.detail or {})}
+                             for e in events]}
 
 
 def list_deliveries(db: Database, *, state: str | None = None,

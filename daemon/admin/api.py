@@ -74,10 +74,23 @@ def make_router(auth: Any) -> APIRouter:
         found = _state(request).broker.workers()
         return [asdict(w) for w in found or []]
 
-    @router.get("/jobs", summary="Jobs, newest first (e.g. state=failed)")
+    @router.get("/jobs", summary="Jobs, newest first (e.g. state=failed; the full failure "
+                "text, error_detail, only with phi=true)")
     def jobs(request: Request, caller: CallerDep, state: str | None = None,
-             limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[dict[str, Any]]:
-        return reports.list_jobs(_state(request).db, state=state, limit=limit)
+             limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+             phi: bool = False) -> list[dict[str, Any]]:
+        _phi_allowed(caller, phi)
+        return reports.list_jobs(_state(request).db, state=state, limit=limit, phi=phi)
+
+    @router.get("/jobs/{job_id}", summary="One job with its timeline (error_detail only with "
+                "phi=true)")
+    def job(request: Request, caller: CallerDep, job_id: int,
+            phi: bool = False) -> dict[str, Any]:
+        _phi_allowed(caller, phi)
+        detail = reports.job_detail(_state(request).db, job_id, phi=phi)
+        if detail is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} does not exist")
+        return detail
 
     @router.get("/deliveries", summary="Outbox deliveries (e.g. state=dead)")
     def deliveries(request: Request, caller: CallerDep, state: str | None = None,

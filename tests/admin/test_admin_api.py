@@ -37,7 +37,8 @@ def test_health_and_metrics_need_no_token(tmp_path: Path, db: Database) -> None:
 
 
 @pytest.mark.parametrize("path", ["/api/studies", "/api/studies/1", "/api/queues", "/api/workers",
-                                  "/api/jobs?state=failed", "/api/deliveries?state=dead",
+                                  "/api/jobs?state=failed", "/api/jobs/1",
+                                  "/api/deliveries?state=dead",
                                   "/api/summary", "/api/monitoring", "/api/queues/history"])
 def test_api_requires_a_valid_token(tmp_path: Path, path: str) -> None:
     c = client(make_settings(tmp_path))

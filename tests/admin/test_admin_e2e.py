@@ -15,10 +15,10 @@ from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 from sqlalchemy import select
 
-from conftest import TOKEN  # type: ignore[import-not-found]
+from conftest import PHI_TOKEN, TOKEN  # type: ignore[import-not-found]
 from daemon.store.db import Database
-from daemon.store.models import AuditEntry, Delivery, Study, utcnow
-from dicom_io.synthetic_study import ct_series
+from daemon.store.models import AuditEntry, Delivery, Job, Study, utcnow
+from dicom_io.synthetic_study import ct_series, radiograph
 from pacsai_process import REPO, PacsaiProcess, free_port, wait_until
 
 BROWSER = Path(__file__).with_name("browser")
@@ -50,6 +50,7 @@ def serve(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-
     admin_port = free_port()
     proc = PacsaiProcess(root / "data", config={
         "PACSAI_ADMIN__PORT": str(admin_port), "PACSAI_ADMIN__TOKEN": TOKEN,
+        "PACSAI_ADMIN__PHI_TOKEN": PHI_TOKEN,
         "PACSAI_ADMIN__QUEUE_SAMPLE_SECONDS": "1", "PACSAI_ADMIN__METRICS_SETTLE_SECONDS": "0",
         "PACSAI_PIPELINES": '[{"name": "anomaly", "model": "chest-cxr-anomaly"}]'})
     proc.admin_url = f"http://127.0.0.1:{admin_port}"  # type: ignore[attr-defined]
@@ -152,3 +153,81 @@ def test_dashboard_in_chromium(serve: PacsaiProcess, study: dict, tmp_path: Path
         audit = s.scalar(select(AuditEntry).where(AuditEntry.target == f"study:{not_routed_id}"))
         assert audit.actor == "api:admin:browser-test" and audit.action == "reroute"
     db.dispose()
+
+
+# Patient data that must never leave the database without PHI rights. The name has one
+# component (no ^), as many RIS send it: highdicom then warns, quoting the whole name.
+# The birth date is ISO 8601 instead of DA, as a worklist bridge may send it: highdicom
+# refuses it while the SR is written (a real failing path), and pydicom quotes it.
+MARK_NAME, MARK_ID, MARK_BIRTH = "Zzmarker Patientname", "ZZMARKER-ID-4711", "1947-11-03"
+MARKS = ("zzmarker", "patientname", "id-4711", MARK_BIRTH, MARK_BIRTH.replace("-", ""))
+
+
+def _marks_in(text: str) -> list[str]:
+    low = text.lower()
+    return [m for m in MARKS if m in low]
+
+
+def test_a_failing_job_shows_no_patient_data_without_phi_rights(serve: PacsaiProcess) -> None:
+    """The marker study fails in the worker (highdicom refuses its birth date); its name, ID
+    and birth date appear 0 times in the process log, ``pacsai status --json`` and the API
+    answers to the admin token; the full failure text is given to the PHI token only."""
+    url = serve.admin_url  # type: ignore[attr-defined]
+    ds = radiograph(size=128, seed=21, patient_id=MARK_ID, patient_name=MARK_NAME)
+    ds.PatientBirthDate = MARK_BIRTH
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(ds.SOPClassUID)
+    assoc = ae.associate("127.0.0.1", serve.port, ae_title="PACSAI")
+    assert assoc.is_established
+    assert assoc.send_c_store(ds).Status == 0
+    assoc.release()
+    db = Database(f"sqlite:///{serve.data_dir / 'pacsai.db'}")
+    try:
+        def failed() -> Job | None:
+            with db.read() as s:
+                sid = s.scalar(select(Study.id).where(
+                    Study.study_instance_uid == ds.StudyInstanceUID))
+                job = s.scalar(select(Job).where(Job.study_id == sid)) if sid else None
+            return job if job is not None and job.state in ("failed", "done") else None
+
+        job = wait_until(failed, 60, 0.2)
+        with db.read() as s:
+            study = s.get(Study, job.study_id)
+            assert (study.patient_name, study.patient_id) == (MARK_NAME, MARK_ID)  # it got in
+    finally:
+        db.dispose()
+    assert job.state == "failed" and "ValueError" in (job.error or ""), job.error
+    assert MARK_BIRTH in (job.error_detail or "")  # the full text, kept for PHI rights
+
+    admin = {"Authorization": f"Bearer {TOKEN}"}
+    answers = {path: httpx.get(f"{url}{path}", headers=admin) for path in (
+        "/api/jobs", "/api/jobs?state=failed", f"/api/jobs/{job.id}", "/api/studies",
+        f"/api/studies/{job.study_id}", "/api/summary", "/api/deliveries", "/api/queues")}
+    for path, answer in answers.items():
+        assert answer.status_code == 200, (path, answer.text)
+        assert _marks_in(answer.text) == [], (path, answer.text)
+    assert answers[f"/api/jobs/{job.id}"].json()["error"] == job.error
+    assert "error_detail" not in answers[f"/api/jobs/{job.id}"].text
+    for path in (f"/api/jobs/{job.id}?phi=true", "/api/jobs?phi=true",
+                 f"/api/studies/{job.study_id}?phi=true"):
+        assert httpx.get(f"{url}{path}", headers=admin).status_code == 403, path
+
+    status = subprocess.run([sys.executable, "-m", "daemon.cli", "status", "--json"], cwd=REPO,
+                            env=serve.env, capture_output=True, text=True, timeout=60)
+    report = json.loads(status.stdout)
+    assert job.id in [f["job"] for f in report["recent_failures"]]
+    assert _marks_in(status.stdout + status.stderr) == []
+
+    log = serve.log()
+    assert "is unlikely to represent the intended person name" in log  # highdicom spoke...
+    assert f"job {job.id} failed: ValueError" in log
+    assert _marks_in(log) == []  # ...and no value it quoted was written
+
+    phi = {"Authorization": f"Bearer {PHI_TOKEN}"}
+    shown = httpx.get(f"{url}/api/jobs/{job.id}?phi=true", headers=phi).json()
+    assert MARK_BIRTH in shown["error_detail"] and shown["error"] == job.error
+    listed = httpx.get(f"{url}/api/jobs?phi=true", headers=phi).json()
+    assert [j["error_detail"] for j in listed if j["id"] == job.id] == [shown["error_detail"]]
+    detail = httpx.get(f"{url}/api/studies/{job.study_id}?phi=true", headers=phi).json()
+    assert detail["patient_name"] == MARK_NAME
+    assert [j["error_detail"] for j in detail["jobs"]] == [shown["error_detail"]]
