@@ -304,3 +304,73 @@ def test_status_cli_shows_states_without_phi(serve: PacsaiProcess) -> None:
     assert report["studies_by_state"]["done"] >= 1
     assert report["last_received"]["num_instances"] >= 1
     assert "Synthetic" not in out.stdout and "SYN-PID" not in out.stdout
+
+
+def _result_objects(serve: PacsaiProcess, study_uid: str) -> dict[str, tuple[str, float]]:
+    """SOP Instance UID -> (SOP Class UID, mtime) of every result object written for the study."""
+    out = {}
+    for path in (serve.data_dir / "results").rglob("*.dcm"):
+        ds = dcmread(path, stop_before_pixels=True,
+                     specific_tags=["StudyInstanceUID", "SOPInstanceUID", "SOPClassUID"])
+        if ds.StudyInstanceUID == study_uid:
+            out[str(ds.SOPInstanceUID)] = (str(ds.SOPClassUID), path.stat().st_mtime)
+    return out
+
+
+def test_result_uids_change_after_retention_forgot_the_study(serve: PacsaiProcess,
+                                                            tmp_path: Path) -> None:
+    """The same study received again after retention deleted its rows starts over at version 1;
+    its SR and SCs get new SOP Instance UIDs (the PACS still holds the first ones, with other
+    content behind them), while a re-run of that same life re-creates identical objects."""
+    import json
+
+    from dicom_io.synthetic_study import radiograph
+
+    files = write_series([radiograph(size=128, seed=31)], tmp_path / "dx")
+    study_uid = str(dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+    db = db_of(serve)
+    assert storescu(serve.port, files).returncode == 0
+    first = wait_done(db, study_uid)
+    before = _result_objects(serve, study_uid)
+    classes = sorted(c for c, _ in before.values())
+    assert "1.2.840.10008.5.1.4.1.1.88.34" in classes and "1.2.840.10008.5.1.4.1.1.7" in classes
+
+    # 100 days on for this study only (retention.rows_days is 90): the real purge deletes it
+    old = dt.datetime.now(dt.UTC) - dt.timedelta(days=100)
+    with db.session() as s:
+        st = s.get(Study, first.id)
+        st.last_received_at = st.completed_at = st.version_started_at = old
+        for job in s.scalars(select(Job).where(Job.study_id == first.id)):
+            job.finished_at = job.queued_at = job.started_at = old
+    purged = subprocess.run([os.sys.executable, "-m", "daemon.cli", "purge", "--json"],
+                            env=serve.env, capture_output=True, text=True, timeout=60)
+    assert purged.returncode == 0, purged.stderr
+    assert json.loads(purged.stdout)["rows_studies"] == [first.id]
+    assert study_row(db, study_uid) is None and _result_objects(serve, study_uid) == {}
+
+    assert storescu(serve.port, files).returncode == 0  # the PACS sends it again, same bytes
+    second = wait_done(db, study_uid)
+    assert second.first_received_at > first.first_received_at and second.version == 1
+    after = _result_objects(serve, study_uid)
+    assert sorted(c for c, _ in after.values()) == classes
+    assert set(after).isdisjoint(before), "a result UID was reused for a new life of the study"
+
+    # a re-run of this life (a job that failed after writing its objects, retried) writes the
+    # same objects again under the same UIDs
+    with db.session() as s:
+        (job,) = s.scalars(select(Job).where(Job.study_id == second.id)).all()
+        job.state, job.error = "failed", "simulated: failed after writing its objects"
+        job_id = job.id
+    retried = subprocess.run([os.sys.executable, "-m", "daemon.cli", "retry", str(job_id)],
+                             env=serve.env, capture_output=True, text=True, timeout=60)
+    assert retried.returncode == 0, retried.stdout + retried.stderr
+
+    def rerun_done() -> bool:
+        with db.read() as s:
+            kinds = [e.kind for e in timeline(db, second.id)]
+            return s.get(Job, job_id).state == "done" and kinds.count("results_written") == 2
+
+    wait_until(rerun_done, 60, 0.1)
+    again = _result_objects(serve, study_uid)
+    assert set(again) == set(after)
+    assert all(again[u][1] > after[u][1] for u in after)  # rewritten, not left over
