@@ -41,6 +41,7 @@ from daemon.config import ListenerSettings
 from daemon.spool import Spool, SpoolFull, StoredFile
 from daemon.study_tracker import Arrival, StudyTracker
 from daemon.transport import InflightBudget, bounded_request_handler
+from dicom_io.compat import check_versions, register_server
 from dicom_io.wire import DatasetTooLarge, MalformedDataset, inspect_dataset
 
 log = logging.getLogger(__name__)
@@ -145,6 +146,7 @@ class Listener:
     # -- life cycle --------------------------------------------------------------------------
     def start(self) -> None:
         s = self.settings
+        check_versions()  # warns when pynetdicom or highdicom is not what dicom_io.compat expects
         ctx = None
         if s.tls.enabled:
             ctx = tls_server_context(str(s.tls.cert_file), str(s.tls.key_file),
@@ -169,7 +171,7 @@ class Listener:
             (s.host, s.port), evt_handlers=handlers, ssl_context=ctx,
             server_class=gated_server_class(limits, self.offenders), request_handler=handler,
         )
-        self.ae._servers.append(self._server)  # as start_server() does; shutdown() expects it
+        register_server(self.ae, self._server)  # as start_server() does; shutdown() expects it
         threading.Thread(target=self._server.serve_forever, name="dicom-listener",
                          daemon=True).start()
         log.info("listening as %s on %s:%d%s", s.ae_title, s.host, self.port,

@@ -26,8 +26,12 @@ import socket
 import struct
 import threading
 
+from typing import Any
+
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.transport import AssociationSocket, RequestHandler
+
+from dicom_io.compat import AcceptorRequestHandler, swap_socket_class
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +77,7 @@ class BoundedAssociationSocket(AssociationSocket):
         (Making a second socket instead would queue a second transport-connection
         event in the association's state machine.)
         """
-        sock.__class__ = cls
-        bounded: BoundedAssociationSocket = sock  # type: ignore[assignment]
+        bounded: BoundedAssociationSocket = swap_socket_class(sock, cls)
         bounded._set_limits(max_pdu_length, max_dataset_bytes, budget)
         return bounded
 
@@ -203,7 +206,7 @@ def bounded_request_handler(*, max_pdu_length: int, max_dataset_bytes: int,
                             budget: InflightBudget | None = None) -> type[RequestHandler]:
     """A pynetdicom request handler whose associations use :class:`BoundedAssociationSocket`."""
 
-    class BoundedRequestHandler(RequestHandler):
+    class BoundedRequestHandler(AcceptorRequestHandler):
         def handle(self) -> None:
             try:
                 super().handle()  # starts the association's own thread
@@ -212,14 +215,12 @@ def bounded_request_handler(*, max_pdu_length: int, max_dataset_bytes: int,
                 if handed_over is not None:
                     handed_over(self.request, self.client_address)
 
-        def _create_association(self):  # type: ignore[no-untyped-def]
-            assoc = super()._create_association()
+        def association_created(self, assoc: Any) -> None:
             sock = BoundedAssociationSocket.adopt(assoc.dul.socket, max_pdu_length=max_pdu_length,
                                                   max_dataset_bytes=max_dataset_bytes,
                                                   budget=budget)
             take_prefix = getattr(self.server, "take_prefix", None)
             if take_prefix is not None:
                 sock.feed(take_prefix(self.request))
-            return assoc
 
     return BoundedRequestHandler

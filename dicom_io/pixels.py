@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.pixels import apply_modality_lut
+from pydicom.pixels import apply_modality_lut, apply_voi
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,12 @@ def _window_params(ds: Dataset, index: int) -> tuple[float, float, str] | None:
 
 
 def window(values: np.ndarray, center: float, width: float, function: str = "LINEAR") -> np.ndarray:
-    """VOI window to [0, 1] per PS3.3 C.11.2.1.2 (LINEAR, LINEAR_EXACT, SIGMOID)."""
+    """VOI window to [0, 1] per PS3.3 C.11.2.1.2 (LINEAR, LINEAR_EXACT, SIGMOID).
+
+    pydicom's ``apply_windowing`` does the same arithmetic but maps to the stored bit
+    depth's range and reads the window only from the top level; we need [0, 1] and the
+    per-frame window of enhanced multi-frame images (see :func:`_window_params`).
+    """
     if function == "SIGMOID":
         return (1.0 / (1.0 + np.exp(-4.0 * (values - center) / width))).astype(np.float32)
     if function == "LINEAR_EXACT":
@@ -111,18 +116,14 @@ def window(values: np.ndarray, center: float, width: float, function: str = "LIN
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
-def _voi_lut_sequence(ds: Dataset, stored: np.ndarray) -> np.ndarray | None:
+def _voi_lut_sequence(ds: Dataset, values: np.ndarray) -> np.ndarray | None:
+    """The first VOI LUT Sequence view (pydicom's ``apply_voi``) scaled to [0, 1]."""
     if "VOILUTSequence" not in ds or not len(ds.VOILUTSequence):
         return None
-    item = ds.VOILUTSequence[0]
-    desc = item.LUTDescriptor
-    n_entries = desc[0] or 65536
-    first = desc[1]
-    data = np.asarray(item.LUTData, dtype=np.float64).ravel()[:n_entries]
-    idx = np.clip(np.round(stored).astype(np.int64) - first, 0, len(data) - 1)
-    out = data[idx]
-    bits = int(desc[2]) if len(desc) > 2 and desc[2] else int(np.ceil(np.log2(max(data.max(), 1) + 1)))
-    return (out / float(2**bits - 1)).astype(np.float32)
+    desc = ds.VOILUTSequence[0].LUTDescriptor
+    out = np.asarray(apply_voi(np.round(values).astype(np.int64), ds), dtype=np.float64)
+    bits = int(desc[2]) if len(desc) > 2 and desc[2] else 16
+    return np.clip(out / float(2**bits - 1), 0, 1).astype(np.float32)
 
 
 def _percentile_window(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -185,7 +186,9 @@ def load_frames(
     return [display_frame(ds, stored[i], i, window_spec, percentiles, invert_monochrome1) for i in range(len(stored))]
 
 
-def _resize(img: np.ndarray, size: tuple[int, int], resample: str) -> np.ndarray:
+def resize(img: np.ndarray, size: tuple[int, int], resample: str = "bilinear") -> np.ndarray:
+    """A float 2-D array resized to ``size`` (rows, cols): "area" (shrinking), "bilinear",
+    "bicubic". The one resize of the package: model input, SC and Parametric Map."""
     from PIL import Image
 
     filters = {"area": Image.Resampling.BOX, "bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
@@ -228,13 +231,13 @@ def to_model_input(
         if keep_aspect:
             s = min(h / p.shape[0], w / p.shape[1])
             nh, nw = max(1, round(p.shape[0] * s)), max(1, round(p.shape[1] * s))
-            r = _resize(p, (nh, nw), resample)
+            r = resize(p, (nh, nw), resample)
             canvas = np.zeros((h, w), np.float32)
             y0, x0 = (h - nh) // 2, (w - nw) // 2
             canvas[y0 : y0 + nh, x0 : x0 + nw] = r
             out.append(canvas)
         else:
-            out.append(_resize(p, (h, w), resample))
+            out.append(resize(p, (h, w), resample))
     x = np.stack(out)
     if x.shape[0] == 1 and channels == 3:
         x = np.repeat(x, 3, axis=0)

@@ -1,7 +1,8 @@
 """Plain descriptions of what the result writers put into DICOM.
 
 These dataclasses are the contract between inference/worker code and the
-``dicom_io`` writers; they import nothing from the rest of pacsai.
+``dicom_io`` writers; they import nothing from the rest of pacsai (codes come from
+:mod:`dicom_io.coding`, UIDs from :mod:`dicom_io.uids`).
 """
 
 from __future__ import annotations
@@ -13,27 +14,15 @@ from typing import Literal
 
 import numpy as np
 
+from dicom_io import uids
+from dicom_io.coding import ABSENT, PRESENT, PROBABILITY, SCORE, CodedConcept
+
+__all__ = ["AlgorithmInfo", "AnalysisResult", "CodedConcept", "Finding", "ImageEvidence",
+           "PreviousResult", "SkippedImage", "DEFAULT_DISCLAIMER"]
+
 FindingKind = Literal["probability", "anomaly_score"]
 
 DEFAULT_DISCLAIMER = "AI result, not for diagnostic use"
-
-
-@dataclass(frozen=True)
-class CodedConcept:
-    """A coded term (code value, coding scheme designator, code meaning)."""
-
-    value: str
-    scheme: str
-    meaning: str
-    scheme_version: str | None = None
-
-
-# Default codes for the qualitative evaluation of a finding (SNOMED CT).
-PRESENT = CodedConcept("52101004", "SCT", "Present")
-ABSENT = CodedConcept("272519000", "SCT", "Absent")
-# Default NUM concept names per finding kind.
-PROBABILITY = CodedConcept("122157", "DCM", "Probability")
-SCORE = CodedConcept("246262008", "SCT", "Score")
 
 
 @dataclass(frozen=True)
@@ -65,9 +54,7 @@ class AlgorithmInfo:
 
     @property
     def device_uid(self) -> str:
-        from dicom_io.uids import device_uid
-
-        return device_uid(self)
+        return uids.device_uid(self)
 
 
 @dataclass
@@ -98,13 +85,6 @@ class Finding:
     absent_value: CodedConcept = ABSENT
     measurement_name: CodedConcept | None = None
     finding_site: CodedConcept | None = None
-
-    @property
-    def source_sop_instance_uids(self) -> list[str]:
-        seen: dict[str, None] = {}
-        for image in self.images:
-            seen.setdefault(image.sop_instance_uid, None)
-        return list(seen)
 
     @property
     def num_name(self) -> CodedConcept:

@@ -10,10 +10,29 @@ retention forgot it (its versions count from 1 again) yields new ones.
 from __future__ import annotations
 
 import uuid
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from dicom_io.results import AlgorithmInfo, AnalysisResult
+
+class AlgorithmLike(Protocol):
+    """What a device UID is made of (:class:`dicom_io.results.AlgorithmInfo` has it)."""
+
+    name: str
+    version: str
+    manufacturer: str
+    model_fingerprint: str
+
+    @property
+    def manufacturer_model_name(self) -> str: ...
+
+
+class ResultLike(Protocol):
+    """What a result UID is made of (:class:`dicom_io.results.AnalysisResult` has it)."""
+
+    study_instance_uid: str
+    study_version: int
+    pipeline: str
+    algorithm: AlgorithmLike
+    study_incarnation: str
 
 # Fixed namespace for every pacsai UID; never change it (UIDs would change).
 NAMESPACE = uuid.UUID("8a1f3c2e-5d0b-5b7e-9c41-6f2d7e0a9b13")
@@ -41,7 +60,7 @@ def result_uid(
     )
 
 
-def for_result(result: AnalysisResult, role: str, index: int | str = 0) -> str:
+def for_result(result: ResultLike, role: str, index: int | str = 0) -> str:
     """:func:`result_uid` for an :class:`~dicom_io.results.AnalysisResult`."""
     return result_uid(
         result.study_instance_uid,
@@ -54,12 +73,12 @@ def for_result(result: AnalysisResult, role: str, index: int | str = 0) -> str:
     )
 
 
-def model_key(algorithm: AlgorithmInfo) -> str:
+def model_key(algorithm: AlgorithmLike) -> str:
     """Model identity: version plus weights fingerprint."""
     return f"{algorithm.name}/{algorithm.version}/{algorithm.model_fingerprint}"
 
 
-def device_uid(algorithm: AlgorithmInfo) -> str:
+def device_uid(algorithm: AlgorithmLike) -> str:
     """Device UID of the algorithm; changes when the model changes."""
     return uid_from_key(
         "device",

@@ -25,10 +25,10 @@ from daemon.config import PipelineSettings, Settings
 from daemon.durable import fsync_dirs, write_atomically
 from daemon.spool import results_folder
 from daemon.store.models import Delivery, DeliveryState, Finding, Study, utcnow
-from dicom_io.pm_writer import UnsupportedSource, write_parametric_map
+from dicom_io.pm import UnsupportedSource, write_parametric_map
 from dicom_io.results import AnalysisResult, PreviousResult
-from dicom_io.sc_writer import SCOptions, write_heatmap_scs
-from dicom_io.sr_writer import SROptions, write_sr
+from dicom_io.sc import SCOptions, write_heatmap_scs
+from dicom_io.sr import SROptions, write_sr
 
 log = logging.getLogger(__name__)
 

@@ -18,9 +18,9 @@ from test_charsets_corpus import BY_ID, CORPUS, IDS, Case, apply, encode, expect
 
 import dicomio_samples as samples
 from dicom_io import charset
-from dicom_io.pm_writer import write_parametric_map
-from dicom_io.sc_writer import SCOptions, write_heatmap_scs
-from dicom_io.sr_writer import SROptions, write_sr
+from dicom_io.pm import write_parametric_map
+from dicom_io.sc import SCOptions, write_heatmap_scs
+from dicom_io.sr import SROptions, write_sr
 from dicom_io.wire import inspect_dataset
 
 SMALL = SCOptions(top_k=1, min_size=64, max_size=64)

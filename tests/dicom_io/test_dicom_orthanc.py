@@ -5,9 +5,9 @@ from __future__ import annotations
 from conftest import requires_orthanc
 import dicomio_samples as samples
 
-from dicom_io.sc_writer import SCOptions, write_heatmap_scs
+from dicom_io.sc import SCOptions, write_heatmap_scs
 from dicom_io.sender import Destination, send
-from dicom_io.sr_writer import write_sr
+from dicom_io.sr import write_sr
 
 
 @requires_orthanc

@@ -9,7 +9,7 @@ import dicomio_samples as samples
 from test_dicom_sc import LATERALITY_UNKNOWN
 from test_dicom_sr import _expected_warnings
 
-from dicom_io.pm_writer import UnsupportedSource, write_parametric_map
+from dicom_io.pm import UnsupportedSource, write_parametric_map
 
 # dicom3tools does not know the (current) defined term QUANTITY for the
 # Parametric Map's Image Type / Frame Type value 4 (Derived Pixel Contrast).

@@ -11,7 +11,7 @@ import dicomio_samples as samples
 from test_dicom_sr import SOURCES, _expected_warnings
 
 from dicom_io.results import ImageEvidence
-from dicom_io.sc_writer import (
+from dicom_io.sc import (
     SCOptions,
     burned_in_annotation,
     display_frame,

@@ -13,9 +13,9 @@ import pytest
 from conftest import free_port, requires_dcmtk
 import dicomio_samples as samples
 
-from dicom_io.sc_writer import SCOptions, write_heatmap_scs
+from dicom_io.sc import SCOptions, write_heatmap_scs
 from dicom_io.sender import Destination, categorise, open_association, send
-from dicom_io.sr_writer import write_sr
+from dicom_io.sr import write_sr
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom.presentation import build_context
 

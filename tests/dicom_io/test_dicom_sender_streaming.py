@@ -80,7 +80,7 @@ def test_a_successful_delivery_logs_no_warning_or_error(storescp, tmp_path: Path
     """Releasing the association used to log an AttributeError from our ACSE handler."""
     sources = samples.ct_series(2)
     result = samples.result_for(sources)
-    from dicom_io.sr_writer import write_sr
+    from dicom_io.sr import write_sr
 
     sr = write_sr(result, sources)
     path = tmp_path / "sr.dcm"

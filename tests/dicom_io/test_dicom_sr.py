@@ -12,7 +12,7 @@ import dicomio_samples as samples
 
 from dicom_io import uids
 from dicom_io.results import PreviousResult
-from dicom_io.sr_writer import COMPREHENSIVE_3D_SR, COMPREHENSIVE_SR, SROptions, write_sr
+from dicom_io.sr import COMPREHENSIVE_3D_SR, COMPREHENSIVE_SR, SROptions, write_sr
 
 # dciodvfy warnings we accept (see docs/dicom-output.md):
 ALLOWED_ALWAYS = {

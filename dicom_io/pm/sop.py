@@ -19,10 +19,10 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian
 
-from dicom_io import charset, uids
+from dicom_io import charset, pixels, uids
+from dicom_io.equipment import algorithm_equipment
+from dicom_io.evidence import header_only
 from dicom_io.results import DEFAULT_DISCLAIMER, AnalysisResult, Finding
-from dicom_io.sc_writer import _resize
-from dicom_io.sr_writer import algorithm_equipment, header_only
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def write_parametric_map(
     series = max(per_series.values(), key=len)
     headers = [header_only(src) for src, _ in series]
     frames = np.stack([
-        np.clip(_resize(np.nan_to_num(h.astype(np.float32)), (int(s.Rows), int(s.Columns))), 0, 1)
+        np.clip(pixels.resize(np.nan_to_num(h.astype(np.float32)), (int(s.Rows), int(s.Columns))), 0, 1)
         for s, (_, h) in zip(headers, series)
     ]).astype(np.float32)
     algo = result.algorithm
