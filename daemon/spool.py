@@ -165,9 +165,6 @@ class Spool:
             fsync_dirs(final.parent, *([final.parent.parent, self.studies] if new_dir else []))
         return StoredFile(rel, size, outcome)
 
-    def remove(self, relative_path: str) -> None:
-        (self.root / relative_path).unlink(missing_ok=True)
-
     def clear_tmp(self) -> int:
         """Remove partial writes left by a crash; return how many."""
         n = 0

@@ -74,13 +74,6 @@ class ModelCache:
                 log.info("model loaded: %r from %s", model, key)
         return model
 
-    def warm(self, names: list[str] | None = None) -> list[Model]:
-        """Load ``names`` (default: all available) now, e.g. at worker start."""
-        return [self.get(n) for n in (names if names is not None else self.available())]
-
-    def loaded(self) -> list[Model]:
-        return list(self._models.values())
-
     def clear(self) -> None:
         with self._lock:
             for m in self._models.values():

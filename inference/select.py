@@ -73,7 +73,10 @@ def _torch_module(model_dir: Path, manifest: Manifest, device: str):
 
     files = manifest.files
     if files.torchscript:
-        return torch.jit.load(str(model_dir / files.torchscript), map_location=device)
+        try:
+            return torch.jit.load(str(model_dir / files.torchscript), map_location=device)
+        except Exception as e:  # torch raises RuntimeError and friends
+            raise EngineError(f"torch cannot load TorchScript {files.torchscript}: {e}") from e
     assert files.weights and files.architecture
     net = build_module(files.architecture.family, files.architecture.params)
     state = torch.load(model_dir / files.weights, map_location="cpu", weights_only=True)

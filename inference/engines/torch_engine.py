@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -36,14 +35,6 @@ class TorchEngine(Engine):
         self.module = module.eval().to(device)
         if half:
             self.module = self.module.half()
-
-    @classmethod
-    def from_torchscript(cls, path: str | Path, output_names: Sequence[str], device: str = "cpu", half: bool = False) -> TorchEngine:
-        try:
-            module = torch.jit.load(str(path), map_location=device)
-        except Exception as e:  # torch raises RuntimeError and friends
-            raise EngineError(f"torch cannot load TorchScript {path}: {e}") from e
-        return cls(module, output_names, device=device, half=half)
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
