@@ -76,6 +76,26 @@ PROCESSING_FAILURE = 0x0110
 _PREAMBLE = b"\x00" * 128 + b"DICM"
 
 
+def _ae_title(value: object) -> str:
+    """An AE title as a file meta value: printable ASCII, no backslash, at most 16 characters."""
+    text = "".join(c for c in str(value or "") if " " <= c <= "~" and c != "\\")
+    return text.strip()[:16]
+
+
+def _file_meta(event: evt.Event) -> Any:
+    """pynetdicom's file meta, plus who sent the instance to whom (PS3.10 7.1): recovery
+    after a crash routes on the calling AE as the listener did."""
+    meta = event.file_meta
+    calling = _ae_title(event.assoc.requestor.ae_title)
+    called = _ae_title(event.assoc.acceptor.ae_title)
+    if calling:
+        meta.SourceApplicationEntityTitle = calling
+        meta.SendingApplicationEntityTitle = calling
+    if called:
+        meta.ReceivingApplicationEntityTitle = called
+    return meta
+
+
 def _status(code: int, comment: str) -> Dataset:
     ds = Dataset()
     ds.Status = code
@@ -244,7 +264,7 @@ class Listener:
         try:
             header = inspect_dataset(stream, ts, max_inflated_bytes=self.settings.max_dataset_bytes)
         except DatasetTooLarge as exc:  # a deflated data set past the cap (never inflated whole)
-            self._refused(assoc, "too_large", f"refused a data set from {{ae}}: {exc}")
+            self._refused(assoc, metrics.REFUSE_TOO_LARGE, f"refused a data set from {{ae}}: {exc}")
             return _status(OUT_OF_RESOURCES, f"out of resources: {exc}")
         except MalformedDataset as exc:
             self._refused(assoc, metrics.REFUSE_MALFORMED,
@@ -281,7 +301,7 @@ class Listener:
             stored = self.spool.store(
                 header.study_instance_uid,
                 header.sop_instance_uid,
-                [_PREAMBLE, encode_file_meta(event.file_meta), stream],
+                [_PREAMBLE, encode_file_meta(_file_meta(event)), stream],
             )
         except SpoolFull as exc:
             self._count_failure(metrics.REFUSE_DISK_FULL)

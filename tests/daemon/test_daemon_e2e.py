@@ -138,6 +138,9 @@ def test_storescu_300_instances_complete_and_indexed(serve: PacsaiProcess, ct300
             raw = (serve.data_dir / "spool" / rel).read_bytes()
             assert raw.endswith(sent[stored.SOPInstanceUID][-30_000:])  # pixel data
         assert (serve.data_dir / "spool" / rel).stat().st_mode & 0o077 == 0
+    meta = dcmread(serve.data_dir / "spool" / paths[0], stop_before_pixels=True).file_meta
+    assert (meta.SendingApplicationEntityTitle, meta.ReceivingApplicationEntityTitle) == \
+        ("STORESCU", "PACSAI")  # so recovery after a crash knows the calling AE too
 
 
 @pytest.mark.parametrize(("syntax", "option"), [
