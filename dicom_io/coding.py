@@ -55,6 +55,8 @@ QUALITATIVE_EVALUATIONS = hd.sr.CodedConcept("C0034375", "UMLS", "Qualitative Ev
 # -- references to source images -------------------------------------------------------------
 #: TID 1601 Image Library Entry concept name.
 SOURCE = hd.sr.CodedConcept("260753009", "SCT", "Source")
+#: Concept name of what a measurement was inferred from (TID 300 / TID 320).
+SOURCE_OF_MEASUREMENT = hd.sr.CodedConcept("121112", "DCM", "Source of Measurement")
 #: Purpose of Reference of Source Image Sequence items (CID 7202).
 SOURCE_FOR_PROCESSING = hd.sr.CodedConcept(
     "121322", "DCM", "Source image for image processing operation")

@@ -1,10 +1,25 @@
 """TID 1500 Imaging Measurement Report content: the rows highdicom does not build as we need.
 
-* TID 1501 Measurement and Qualitative Evaluation Group, one per finding
-  (:func:`measurement_group`);
+* one measurement group per finding (:func:`measurement_group`): TID 1410 Planar ROI
+  Measurements with the heatmap's region when the finding's heatmap locates it, else
+  TID 1501 Measurement and Qualitative Evaluation Group whose score is inferred from the
+  whole source image (see below);
 * TID 1600 Image Library, tolerant of sources without geometry (:func:`image_library`);
 * the root "Qualitative Evaluations" container with the disclaimer (:func:`disclaimer`);
 * the procedure reported (:func:`procedure_for`) and predecessor references.
+
+Every group carries a SCOORD whose one child, SELECTED FROM IMAGE, references the source
+image (and frame). OHIF's DICOM SR extension (3.13.2, ``getSopClassHandlerModule``) makes
+one measurement per Tracking Unique Identifier and, for each, reads
+``coords[0].ReferencedSOPSequence``: a group without any SCOORD has no coords and stops the
+whole SR from loading (``TypeError: Cannot read properties of undefined (reading
+'ReferencedSOPSequence')``, the error of issue 13). For a TID 1410 group the coords are the
+group's SCOORD (the image region); for a TID 1501 group the SCOORD a NUM is INFERRED FROM
+(TID 300 / TID 320). It reads ``SCOORD.ContentSequence.ReferencedSOPSequence``, which dcmjs
+resolves only for a one-item sequence, hence the single child. A finding with no region
+keeps TID 1501 and its NUM is inferred from the whole image it was scored on (a closed
+outline of the image border): true for an image-level score, and drawn by OHIF as a frame
+around that image.
 """
 
 from __future__ import annotations
@@ -17,9 +32,10 @@ from pydicom.sr.codedict import codes
 
 from dicom_io import uids
 from dicom_io.coding import (IMAGING, PROCEDURE_BY_MODALITY, QUALITATIVE_EVALUATIONS, SOURCE,
-                             CodedConcept, coded)
+                             SOURCE_OF_MEASUREMENT, CodedConcept, coded)
 from dicom_io.compat import TolerantImageLibraryEntryDescriptors
 from dicom_io.results import AnalysisResult, Finding, PreviousResult
+from dicom_io.sr.content import Region, finding_region, whole_image_regions
 
 CONTAINS = hd.sr.RelationshipTypeValues.CONTAINS
 
@@ -46,34 +62,67 @@ def _frames_by_instance(finding: Finding, known: dict[str, Dataset]) -> dict[str
     return frames
 
 
-def measurement_group(result: AnalysisResult, index: int, finding: Finding,
-                      sources_by_uid: dict[str, Dataset]) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    """TID 1501 for one finding: its score (NUM), its verdict (CODE), its source images."""
+def _source_image(region: Region) -> hd.sr.SourceImageForRegion:
+    return hd.sr.SourceImageForRegion(
+        region.sop_class_uid, region.sop_instance_uid,
+        referenced_frame_numbers=list(region.frame_numbers) if region.frame_numbers else None)
+
+
+def measurement_group(
+    result: AnalysisResult, index: int, finding: Finding, sources_by_uid: dict[str, Dataset],
+) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations | hd.sr.MeasurementsAndQualitativeEvaluations:
+    """The group of one finding: its score (NUM), its verdict (CODE) and where it is.
+
+    TID 1410 with the heatmap's outline as image region when the finding's heatmap locates
+    it (:func:`dicom_io.sr.content.finding_region`), else TID 1501 with its source images
+    and the NUM inferred from the whole image (:func:`dicom_io.sr.content.whole_image_regions`).
+    """
     algo_id = hd.sr.AlgorithmIdentification(name=result.algorithm.name,
                                             version=result.algorithm.version)
-    refs = [
-        hd.sr.SourceImageForMeasurementGroup(
-            sources_by_uid[uid].SOPClassUID, uid, referenced_frame_numbers=numbers or None)
-        for uid, numbers in _frames_by_instance(finding, sources_by_uid).items()
-    ]
     sites = None
     if finding.finding_site is not None:
         sites = [hd.sr.FindingSite(anatomic_location=coded(finding.finding_site))]
-    measurement = hd.sr.Measurement(name=coded(finding.num_name), value=float(finding.score),
-                                    unit=codes.UCUM.NoUnits, algorithm_id=algo_id)
     evaluation = hd.sr.QualitativeEvaluation(
         name=coded(finding.label),
         value=coded(finding.present_value if finding.present else finding.absent_value))
-    return hd.sr.MeasurementsAndQualitativeEvaluations(
+    common = dict(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=uids.for_result(result, "tracking", index),
             identifier=finding.label.meaning[:64]),
         finding_type=coded(finding.label),
         algorithm_id=algo_id,
         finding_sites=sites,
-        measurements=[measurement],
         qualitative_evaluations=[evaluation],
+    )
+
+    def score(inferred_from: list[Region] | None = None) -> hd.sr.Measurement:
+        coordinates = [
+            hd.sr.CoordinatesForMeasurement(hd.sr.GraphicTypeValues.POLYLINE, r.outline,
+                                            _source_image(r), purpose=SOURCE_OF_MEASUREMENT)
+            for r in inferred_from or ()
+        ]
+        return hd.sr.Measurement(name=coded(finding.num_name), value=float(finding.score),
+                                 unit=codes.UCUM.NoUnits, algorithm_id=algo_id,
+                                 referenced_coordinates=coordinates or None)
+
+    region = finding_region(finding, sources_by_uid)
+    if region is not None:
+        return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+            referenced_region=hd.sr.ImageRegion(hd.sr.GraphicTypeValues.POLYLINE,
+                                                region.outline, _source_image(region)),
+            measurements=[score()],
+            **common,
+        )
+    refs = [
+        hd.sr.SourceImageForMeasurementGroup(
+            sources_by_uid[uid].SOPClassUID, uid, referenced_frame_numbers=numbers or None)
+        for uid, numbers in _frames_by_instance(finding, sources_by_uid).items()
+    ]
+    whole = whole_image_regions(finding, sources_by_uid, sources_by_uid.values())
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        measurements=[score(whole)],
         source_images=refs or None,
+        **common,
     )
 
 

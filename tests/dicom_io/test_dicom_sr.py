@@ -69,7 +69,7 @@ def test_dsrdump_shows_tid1500(tmp_path):
     assert out.returncode == 0, out.stderr
     text = out.stdout
     assert "TID 1500" in text and '"Imaging Measurement Report"' in text
-    assert "TID 1501" in text
+    assert "TID 1410" in text  # each finding has its heatmap's region (test_dicom_sr_regions)
     assert 'NUM:(122157,DCM,"Probability")="0.87"' in text
     assert '(36118008,SCT,"Pneumothorax")=(52101004,SCT,"Present")' in text
     assert '"Image Library"' in text and '"Algorithm Name")="chestnet"' in text
