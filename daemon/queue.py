@@ -22,6 +22,7 @@ from celery import Celery
 
 from daemon.config import Settings
 from daemon.embedded_broker import TRANSPORT as EMBEDDED_TRANSPORT
+from daemon.embedded_broker import broker_identity
 
 TASK_PROCESS_STUDY = "pacsai.process_study"
 TASK_DELIVER = "pacsai.deliver"
@@ -47,7 +48,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_hijack_root_logger": False,
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": {"visibility_timeout": int(hard * 2 + 60)},
-        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # A task running when the broker connection drops goes on and records its outcome in
+        # the database (which needs no broker); Celery's default from 6.0 would kill it and
+        # waste the work (its message can no longer be acknowledged, so it is redelivered or,
+        # after a Redis restart, lost; either way jobs.claim drops what comes back).
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
     }
     if settings.broker_url.startswith(("redis://", "rediss://", "redis+socket://")):
         # Priorities on Redis: one list per step, served 0 first (stat=0, routine=5, low=9).
@@ -65,6 +70,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         folders = embedded_broker_folders(settings)
         for folder in folders.values():
             os.makedirs(folder, mode=0o700, exist_ok=True)
+        broker_identity(str(settings.embedded_broker_dir))
         conf["broker_transport"] = EMBEDDED_TRANSPORT  # kombu's, atomic and with priorities
         conf["task_default_priority"] = 5
         conf["broker_transport_options"] = {
