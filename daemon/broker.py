@@ -19,9 +19,36 @@ from typing import Any
 from celery import Celery
 
 from daemon.config import Settings
+from daemon.embedded_broker import broker_identity, repair_folder
 from daemon.queue import embedded_broker_folders
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Holdings:
+    """What the broker holds, seen at one moment (see :meth:`Broker.holdings`)."""
+
+    identity: str | None  # changes when the broker restarts or its folder is made again
+    waiting: frozenset[str]  # task ids in the queues
+    unacked: dict[str, float | None]  # task id -> when it was delivered (epoch s), if known
+    stale: frozenset[str] = frozenset()  # unacked deliveries no live consumer can acknowledge
+    knows_unacked: bool = False  # False: unacked messages are kept where we cannot see them
+
+    @property
+    def task_ids(self) -> set[str]:
+        return set(self.waiting) | set(self.unacked)
+
+
+def _task_id(message: object) -> str:
+    if not isinstance(message, dict):
+        return ""
+    headers = message.get("headers")
+    return str(headers.get("id") or "") if isinstance(headers, dict) else ""
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 @dataclass
@@ -46,6 +73,7 @@ class Broker:
         self._cached: tuple[float, list[WorkerInfo] | None] = (0.0, None)
         self._refreshing = False
         self._inspect_lock = threading.Lock()
+        self._failing = False
 
     @property
     def is_redis(self) -> bool:
@@ -113,33 +141,93 @@ class Broker:
 
         ``None`` when the broker cannot tell; the caller then falls back to time alone.
         """
+        held = self.holdings(queues)
+        return None if held is None else held.task_ids
+
+    def holdings(self, queues: list[str]) -> Holdings | None:
+        """What the broker holds for ``queues`` now, and who it is; ``None`` if it cannot tell.
+
+        Redis: the queue lists (every priority step) and kombu's ``unacked`` hash with each
+        delivery's time (``unacked_index``), read in one MULTI so nothing is seen twice, and
+        the server's ``run_id`` and start time. A delivery older than the server's start was
+        restored from its data (appendonly or a dump): the consumer it went to was connected
+        to the previous server and can never acknowledge it, so it is ``stale``.
+        Embedded: the message files of the queue folder (made again if it went) and the
+        folder's identity; unacked messages live in the workers' memory there.
+        """
         try:
             if self.is_redis:
-                client = self._redis()
-                try:
-                    raw = [m for q in queues for k in self._redis_keys(q)
-                           for m in client.lrange(k, 0, -1)]
-                    unacked = [json.loads(v)[0] for v in client.hvals("unacked")]
-                finally:
-                    client.close()
-                messages = [json.loads(m) for m in raw] + unacked
+                held = self._redis_holdings(queues)
             elif self.is_embedded:
-                folder = embedded_broker_folders(self.settings)["queue"]
-                wanted = {f"{q}.msg" for q in queues}
-                messages = []
-                for name in os.listdir(folder):
-                    if name.partition(".")[2] in wanted:
-                        try:
-                            with open(os.path.join(folder, name), "rb") as fh:
-                                messages.append(json.loads(fh.read()))
-                        except (OSError, ValueError):
-                            continue  # consumed meanwhile, or still being written
+                held = self._embedded_holdings(queues)
             else:
                 return None
         except Exception as exc:  # noqa: BLE001 - unknown: time decides
-            log.warning("cannot list the broker's pending tasks: %s", exc)
+            if not self._failing:  # once per outage, not once per reconcile pass
+                log.warning("cannot list the broker's pending tasks: %s", exc)
+            self._failing = True
             return None
-        return {str(m.get("headers", {}).get("id")) for m in messages if isinstance(m, dict)}
+        if self._failing:
+            log.info("the broker answers again")
+            self._failing = False
+        return held
+
+    def _redis_holdings(self, queues: list[str]) -> Holdings:
+        opts = self.celery.conf.broker_transport_options
+        unacked_key = opts.get("unacked_key", "unacked")
+        index_key = opts.get("unacked_index_key", "unacked_index")
+        keys = [k for q in queues for k in self._redis_keys(q)]
+        client = self._redis()
+        try:
+            pipe = client.pipeline(transaction=True)
+            for k in keys:
+                pipe.lrange(k, 0, -1)
+            pipe.hgetall(unacked_key)
+            pipe.zrange(index_key, 0, -1, withscores=True)
+            pipe.info("server")
+            *lists, unacked_raw, index, info = pipe.execute()
+        finally:
+            client.close()
+        waiting = {_task_id(json.loads(m)) for raw in lists for m in raw}
+        delivered_at = {_text(tag): float(score) for tag, score in index}
+        started = (float(info.get("server_time_usec", time.time() * 1e6)) / 1e6
+                   - float(info.get("uptime_in_seconds", 0)))
+        unacked: dict[str, float | None] = {}
+        stale: set[str] = set()
+        for tag, value in unacked_raw.items():
+            task_id = _task_id(json.loads(value)[0])
+            at = delivered_at.get(_text(tag))
+            unacked[task_id] = at
+            if at is not None and at < started - 1.0:  # uptime counts whole seconds
+                stale.add(task_id)
+        waiting.discard("")
+        unacked.pop("", None)
+        return Holdings(identity=str(info.get("run_id") or "") or None,
+                        waiting=frozenset(waiting), unacked=unacked,
+                        stale=frozenset(stale), knows_unacked=True)
+
+    def _embedded_holdings(self, queues: list[str]) -> Holdings:
+        folders = embedded_broker_folders(self.settings)
+        folder = folders["queue"]
+        try:
+            names = os.listdir(folder)
+        except (FileNotFoundError, NotADirectoryError):
+            for path in folders.values():  # removed or replaced: the messages are gone
+                repair_folder(path)
+            names = []
+        identity = broker_identity(str(self.settings.embedded_broker_dir))
+        wanted = {f"{q}.msg" for q in queues}
+        waiting = set()
+        for name in names:
+            if name.partition(".")[2] in wanted:
+                try:
+                    with open(os.path.join(folder, name), "rb") as fh:
+                        waiting.add(_task_id(json.loads(fh.read())))
+                except (OSError, ValueError):
+                    continue  # consumed meanwhile, or unreadable (its job is re-sent)
+        waiting.discard("")
+        return Holdings(identity=identity, waiting=frozenset(waiting), unacked={},
+                        stale=frozenset(), knows_unacked=False)
 
     def unacked(self) -> int | None:
         """Messages delivered to a worker and not yet acknowledged (Redis only)."""

@@ -284,7 +284,9 @@ class WorkerSettings(_Section):
     max_attempts: int = Field(3, ge=1, description="Attempts counted by us, not the broker.")
     heartbeat_seconds: float = Field(5.0, gt=0)
     heartbeat_timeout_seconds: float = Field(60.0, gt=0)
-    requeue_after_seconds: float = Field(300.0, gt=0, description="Re-send a job queued this long.")
+    requeue_after_seconds: float = Field(
+        300.0, gt=0, description="Re-send a job queued this long when the broker cannot be "
+        "asked what it holds (when it can, a job whose task it lost is re-sent at once).")
     reconcile_seconds: float = Field(10.0, gt=0)
 
 

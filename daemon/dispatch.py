@@ -56,6 +56,7 @@ class Doorbell:
         self.dispatch = dispatch
         self._inbox: queue.Queue[CompletedJob | None] = queue.Queue()
         self._waiting: set[int] = set()  # job ids handed over and not yet being sent
+        self._sending: int | None = None  # the job whose task is being sent now
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
@@ -83,13 +84,23 @@ class Doorbell:
         with self._lock:
             return len(self._waiting)
 
+    def in_flight(self) -> set[int]:
+        """Jobs handed over whose task is not sent and recorded yet (the reconciler leaves
+        them alone: their task id is about to change)."""
+        with self._lock:
+            return self._waiting | ({self._sending} if self._sending is not None else set())
+
     def _run(self) -> None:
         while (job := self._inbox.get()) is not None:
             with self._lock:  # from now on a new ring is a new send (this one may fail)
                 self._waiting.discard(job.job_id)
+                self._sending = job.job_id
             try:
                 self.dispatch(job)
             except Exception as exc:  # noqa: BLE001 - the job is safe in the database
                 log.warning("could not send the task of job %d (study %d v%d): %s; the job "
                             "stays queued and the reconciler sends it again",
                             job.job_id, job.study_id, job.version, exc)
+            finally:
+                with self._lock:
+                    self._sending = None

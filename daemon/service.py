@@ -88,8 +88,9 @@ class ListenerService:
         self.broker = Broker(settings, self.celery)
         self.reconciler = Reconciler(
             self.db, self.enqueue, deliver=self.ring_delivery,
-            pending=self.broker.pending_task_ids, interval=w.reconcile_seconds,
-            requeue_after=w.requeue_after_seconds, heartbeat_timeout=w.heartbeat_timeout_seconds,
+            pending=self.broker.holdings, in_flight=self.doorbell.in_flight,
+            interval=w.reconcile_seconds, requeue_after=w.requeue_after_seconds,
+            heartbeat_timeout=w.heartbeat_timeout_seconds, heartbeat_every=w.heartbeat_seconds,
             max_attempts=w.max_attempts,
         )
         self.listener = Listener(settings.listener, self.spool, self.tracker)

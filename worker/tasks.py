@@ -166,7 +166,8 @@ def process_study(self: Task, job_id: int, study_id: int, version: int) -> None:
     claimed = jobs.claim(db, job_id, self.request.id or "", settings.worker.max_attempts,
                          worker=self.request.hostname or "")
     if claimed is None:
-        log.info("job %d is not claimable (finished or held elsewhere); message dropped", job_id)
+        log.info("job %d is not claimable (finished, held elsewhere, or re-sent as another "
+                 "task); message dropped", job_id)
         return
     job, owner = claimed
     label = f"job {job_id} attempt {owner.attempt}"

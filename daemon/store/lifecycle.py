@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from daemon.store.models import Job, JobState, Study, StudyState, utcnow
@@ -105,13 +105,21 @@ def move_job(job: Job, to: str) -> None:
     if to not in JOB_MOVES.get(job.state, frozenset()):
         raise IllegalTransition(f"job {job.id}: {job.state} -> {to} is not allowed")
     job.state = to
+    if to == J.QUEUED:
+        job.task_id = None  # the next task sent records its id; until then any may claim it
 
 
 def claim(session: Session, job_id: int, task_id: str, now: dt.datetime | None = None) -> Owner | None:
-    """queued -> running for this task, as one conditional UPDATE; ``None``: not claimable."""
+    """queued -> running for this task, as one conditional UPDATE; ``None``: not claimable.
+
+    Only the task whose id is recorded on the job (or any, before one is recorded) may
+    claim it: a job re-sent after its broker lost the task has a new id, and the old
+    message, should it come back (a broker restarted from its data), is dropped.
+    """
     now = now or utcnow()
     res = session.execute(
-        update(Job).where(Job.id == job_id, Job.state == J.QUEUED)
+        update(Job).where(Job.id == job_id, Job.state == J.QUEUED,
+                          or_(Job.task_id.is_(None), Job.task_id == task_id))
         .values(state=J.RUNNING, task_id=task_id, started_at=now, heartbeat_at=now,
                 finished_at=None, attempts=Job.attempts + 1, error=None, error_detail=None)
         .returning(Job.attempts)

@@ -11,6 +11,7 @@ from sqlalchemy import select
 
 from daemon.broker import Broker
 from daemon.config import Settings
+from daemon.dispatch import Dispatcher
 from daemon.queue import embedded_broker_folders, make_celery, send_job
 from daemon.reconciler import Reconciler
 from daemon.store.db import Database
@@ -37,7 +38,13 @@ def test_queued_jobs_resent_only_when_the_broker_lost_them(db: Database, db_url:
     settings = Settings(storage={"data_dir": tmp_path}, database={"url": db_url})
     celery = make_celery(settings)
     sent: list[CompletedJob] = []
-    reconciler = Reconciler(db, sent.append, pending=Broker(settings, celery).pending_task_ids,
+    dispatch = Dispatcher(celery, db)
+
+    def send(job: CompletedJob) -> None:
+        sent.append(job)
+        dispatch(job)
+
+    reconciler = Reconciler(db, send, pending=Broker(settings, celery).pending_task_ids,
                             interval=1, requeue_after=60, heartbeat_timeout=30, max_attempts=3)
     long_ago = utcnow() - dt.timedelta(hours=1)
     job_id = _job(db, "queued", queued_at=long_ago)
@@ -55,9 +62,10 @@ def test_queued_jobs_resent_only_when_the_broker_lost_them(db: Database, db_url:
     with db.read() as s:
         job = s.get(Job, job_id)
     assert job.state == "queued" and job.queued_at > long_ago
+    assert job.task_id not in (None, task_id)  # a new task, recorded: the old one is fenced off
     events = [e for e in timeline(db, job.study_id) if e.kind == "requeued"]
     assert events[0].detail["reason"] == "the broker lost the task"
-    assert reconciler.run_once() == []  # not again before requeue_after
+    assert reconciler.run_once() == []  # the new task waits in the broker
 
 
 def test_dead_workers_jobs_requeued_then_failed(db: Database, tmp_path: Path) -> None:
