@@ -25,7 +25,13 @@ def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     if "--pool" in args:  # tasks read it to decide on dynamic batching
         os.environ["PACSAI_WORKER_POOL"] = args[args.index("--pool") + 1]
-    app.worker_main(["worker", *args])
+    # app.worker_main() drops the worker's exit code; systemd's Restart=on-failure and
+    # serve's supervisor need it (75: the consumer stopped, see worker.consumer_watch)
+    from celery.bin.celery import celery as celery_cli
+
+    celery_cli.params[0].default = app  # what app.start() does, keeping what main returns
+    code = celery_cli.main(args=["worker", *args], standalone_mode=False)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,9 @@
 - ``worker_shutting_down`` (the moment SIGTERM/SIGINT arrives): STOPPING=1 and no more
   pings; ``worker_shutdown`` (seconds later, once the consumer stopped) only if the first
   did not fire.
+- a consumer watch (worker.consumer_watch): a worker that holds no task, receives nothing
+  and sees work waiting in its queues for ``heartbeat_timeout_seconds`` has stopped
+  consuming, and exits with code 75 so that its supervisor starts a fresh one.
 - ``inspect pacsai_info``: in one answer, the queues this worker consumes, its active
   tasks, the GPU it is bound to and the memory its process holds there (read by the
   admin service for /readyz, /api/workers and /metrics).
@@ -16,14 +19,16 @@ import os
 import sys
 from typing import Any
 
-from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
+from celery.signals import task_received, worker_ready, worker_shutdown, worker_shutting_down
 from celery.worker.control import inspect_command
 
 from daemon.notify import Notifier
+from worker.consumer_watch import ConsumerWatch, restart_process
 
 _notifier = Notifier()
 _consumer: Any = None
 _stopping = False
+_watch: ConsumerWatch | None = None
 
 
 @worker_ready.connect
@@ -32,6 +37,36 @@ def _ready(sender: Any = None, **_: Any) -> None:
     _consumer = sender
     _notifier.ready("consuming")
     _notifier.start_watchdog(alive=_alive)
+    _start_consumer_watch(sender)
+
+
+def _start_consumer_watch(consumer: Any) -> None:
+    """Watch that this worker keeps consuming the queues it was started for."""
+    global _watch
+    from celery.worker import state as worker_state
+
+    from daemon.broker import Broker
+    from worker.celery_app import app, settings
+
+    task_consumer = getattr(consumer, "task_consumer", None)
+    queues = sorted({q.name for q in task_consumer.queues}) if task_consumer else []
+    if not queues or _watch is not None:
+        return
+    broker = Broker(settings, app, timeout=settings.broker.socket_timeout_seconds)
+    period = settings.worker.heartbeat_seconds
+    _watch = ConsumerWatch(
+        backlog=lambda: sum(broker.queue_lengths(queues).values()),
+        busy=lambda: bool(worker_state.reserved_requests or worker_state.active_requests),
+        stall_seconds=settings.worker.heartbeat_timeout_seconds, period=period,
+        on_stall=lambda stalled, waiting: restart_process(stalled, waiting,
+                                                          grace=max(period, 5.0)))
+    _watch.start()
+
+
+@task_received.connect
+def _received(**_: Any) -> None:
+    if _watch is not None:
+        _watch.received()
 
 
 def _alive() -> bool:
@@ -47,6 +82,8 @@ def _shutdown(**_: Any) -> None:
     if _stopping:
         return
     _stopping = True
+    if _watch is not None:
+        _watch.stop()
     _notifier.stop_watchdog()
     _notifier.stopping()
 
