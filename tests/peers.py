@@ -15,11 +15,16 @@ from pacsai_process import REPO, PacsaiProcess, free_port, wait_until
 
 
 class RedisServer:
-    """A redis-server of our own on a free port, without persistence (like production's)."""
+    """A redis-server of our own on a free port, without persistence (like production's).
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    With ``appendonly`` it logs every write to ``workdir`` (fsync always), so a server
+    killed and started again comes back with what it held: queued and unacked tasks.
+    """
+
+    def __init__(self, workdir: Path, port: int | None = None, *, appendonly: bool = False) -> None:
         self.workdir = workdir
         self.port = port or free_port()
+        self.appendonly = appendonly
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -30,7 +35,8 @@ class RedisServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir)],
+             "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always",
+             "--dir", str(self.workdir)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_until(self.ping, 10, 0.05)
         return self
