@@ -1,10 +1,29 @@
 """Heatmaps as a DICOM Parametric Map (IHE AIR's primitive for such maps).
 
-Supported: single-frame cross-sectional sources with a patient Frame of
-Reference (CT/MR/PT slices). highdicom 0.28 cannot build a Parametric Map for
-sources without a Frame of Reference (CR/DX, or multi-frame XA): it fails while
-indexing the frames; those raise :class:`UnsupportedSource` and the heatmap is
-delivered as secondary capture only.
+Written for single-frame sources with a Frame of Reference (CT/MR/PT slices): the map
+shares the source series' Frame of Reference UID and plane geometry, so a viewer can lay
+it over its source.
+
+Projection radiographs (CR, DX, MG) and other sources without a Frame of Reference
+(multi-frame XA, US) get no Parametric Map: :class:`UnsupportedSource`, and the heatmap
+goes out as secondary capture only (and as the SR's image region). Decided because:
+
+* the Parametric Map IOD (PS3.3 A.75) makes the Frame of Reference module Mandatory
+  (Frame of Reference UID Type 1; so does highdicom's copy of the module tables), and
+  highdicom places the frames in that patient coordinate system (Plane Position and
+  Plane Orientation (Patient)); dciodvfy reports a map without it as errors (tried:
+  "Missing attribute Type 1 Required Element=<FrameOfReferenceUID>");
+* a projection radiograph has no patient coordinate system. A map for it passes
+  dciodvfy only with a Frame of Reference and an Image Position/Orientation (Patient)
+  we would invent, which states a geometry that does not exist (DX Imager Pixel Spacing
+  is at the detector, not in the patient) and that no source shares, so no viewer could
+  register the map to its image by it anyway;
+* highdicom 0.28.2 cannot build one either: for a source without Frame of Reference
+  it checks the source's IOD instead of the map's and then fails with "Unexpected
+  mismatch between dimension index values" while building the frame index.
+
+Revisit if PS3.3 makes the module conditional for maps derived from projection images
+(it is conditional for Segmentation).
 """
 
 from __future__ import annotations
@@ -61,7 +80,8 @@ def write_parametric_map(
         per_series.setdefault(src.SeriesInstanceUID, []).append((src, image.heatmap))
     if not per_series:
         raise UnsupportedSource(
-            "Parametric Map needs single-frame sources with a Frame of Reference"
+            "Parametric Map needs single-frame sources with a Frame of Reference "
+            "(the IOD's Frame of Reference module is mandatory; projection images have none)"
         )
     series = max(per_series.values(), key=len)
     headers = [header_only(src) for src, _ in series]
