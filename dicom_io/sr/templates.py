@@ -68,9 +68,12 @@ def _source_image(region: Region) -> hd.sr.SourceImageForRegion:
         referenced_frame_numbers=list(region.frame_numbers) if region.frame_numbers else None)
 
 
-def measurement_group(
-    result: AnalysisResult, index: int, finding: Finding, sources_by_uid: dict[str, Dataset],
-) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations | hd.sr.MeasurementsAndQualitativeEvaluations:
+MeasurementGroup = (hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
+                    | hd.sr.MeasurementsAndQualitativeEvaluations)
+
+
+def measurement_group(result: AnalysisResult, index: int, finding: Finding,
+                      sources_by_uid: dict[str, Dataset]) -> MeasurementGroup:
     """The group of one finding: its score (NUM), its verdict (CODE) and where it is.
 
     TID 1410 with the heatmap's outline as image region when the finding's heatmap locates

@@ -124,7 +124,8 @@ def test_ohif_loads_every_finding_located_or_not(tmp_path):
     assert found["Pneumothorax"]["imageId"] == sources[0].SOPInstanceUID
     assert {"label": "Score", "value": "3.50 1"} in found["Pneumothorax"]["labels"]
     assert found["Pleural effusion"]["imageId"] == sources[2].SOPInstanceUID
-    assert found["Pleural effusion"]["coords"][0]["GraphicData"] == [0, 0, 64, 0, 64, 64, 0, 64, 0, 0]
+    border = [0, 0, 64, 0, 64, 64, 0, 64, 0, 0]
+    assert found["Pleural effusion"]["coords"][0]["GraphicData"] == border
     assert {"label": "Probability", "value": "0.12 1"} in found["Pleural effusion"]["labels"]
     assert found["Pneumonia"]["imageId"] == sources[0].SOPInstanceUID
     assert len(read["annotations"]) == 3

@@ -294,7 +294,8 @@ def test_regions_are_deterministic():
     sources = samples.ct_series(3)
     a = write_sr(samples.result_for(sources), sources)
     b = write_sr(samples.result_for(sources), sources)
-    assert points(drawn_scoord(groups(a)[0])).tolist() == points(drawn_scoord(groups(b)[0])).tolist()
+    first, again = (points(drawn_scoord(groups(sr)[0])).tolist() for sr in (a, b))
+    assert first == again
 
 
 @pytest.mark.skipif(shutil.which("dsrdump") is None, reason="DCMTK missing")
