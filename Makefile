@@ -19,11 +19,11 @@ install: system-deps $(STAMP)
 system-deps:
 	@scripts/install-system-deps.sh
 
-$(STAMP): pyproject.toml tests/admin/browser/package-lock.json
+$(STAMP): pyproject.toml tests/ops/browser/package-lock.json
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
-	npm ci --no-audit --no-fund --silent --prefix tests/admin/browser
+	npm ci --no-audit --no-fund --silent --prefix tests/ops/browser
 	touch $(STAMP)
 
 services:

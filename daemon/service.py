@@ -12,22 +12,23 @@ from collections.abc import Callable
 
 from celery import Celery
 
-from daemon import reports
-from daemon.broker import Broker
+from daemon.ops import reports
+from daemon.dispatch.broker import Broker
 from daemon.config import CONFIG_ENV, Settings
-from daemon.listener import Listener
-from daemon.notify import Notifier
-from daemon.queue import make_celery, send_delivery
-from daemon.dispatch import Dispatcher, Doorbell
-from daemon.reconciler import Reconciler
-from daemon.routing import Router
-from daemon.recovery import recover_spool
-from daemon.retention import purge
-from daemon.spool import Spool
-from daemon.admin.app import create_app
-from daemon.admin.server import AdminServer
+from daemon.ingest.listener import Listener
+from daemon.ops.notify import Notifier
+from daemon.dispatch.tasks import make_celery, send_delivery
+from daemon.dispatch.doorbell import Dispatcher, Doorbell
+from daemon.dispatch.reconciler import Reconciler
+from daemon.routing.rules import Router
+from daemon.ingest.recovery import recover_spool
+from daemon.ops.retention import purge
+from daemon.ingest.spool import Spool
+from daemon.ops.admin.app import create_app
+from daemon.ops.admin.server import AdminServer
 from daemon.store.db import Database
-from daemon.study_tracker import CompletedJob, StudyTracker
+from daemon.ingest.tracker import StudyTracker
+from daemon.routing.jobs import CompletedJob
 from daemon.supervisor import WorkerSupervisor, state_path
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ class ListenerService:
             max_wait_seconds=settings.study.max_wait_seconds,
             poll_seconds=settings.study.poll_seconds,
             on_complete=self.enqueue,
-            router=Router.from_settings(settings),
+            router=settings.router(),
             inference_queues=settings.queues.inference,
         )
         w = settings.worker

@@ -8,7 +8,7 @@ import sys
 
 def main(argv: list[str] | None = None) -> None:
     from daemon.config import load_settings
-    from daemon.queue import embedded_broker_folders
+    from daemon.dispatch.tasks import embedded_broker_folders
 
     settings = load_settings()
     if settings.broker_url.startswith("filesystem://"):

@@ -10,14 +10,13 @@ import datetime as dt
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
-from daemon.config import PipelineSettings
 from dicom_io.pixels import load_model_input
 from dicom_io.results import (
     AlgorithmInfo,
@@ -83,9 +82,11 @@ def algorithm_info(model: Model) -> AlgorithmInfo:
 
 def analyse(
     model: Model,
-    pipeline: PipelineSettings,
     paths: list[Path],
     *,
+    pipeline: str,
+    modalities: Sequence[str] | None = None,
+    top_k: int = 3,
     study_uid: str,
     version: int,
     batch_size: int = 16,
@@ -94,10 +95,11 @@ def analyse(
     """Run ``model`` over the suitable images among ``paths``.
 
     ``predict`` replaces ``model.predict`` (e.g. a dynamic batcher shared by the
-    worker's threads).
+    worker's threads). ``pipeline`` names the result; ``modalities`` (default: the model
+    manifest's) says which images are for it; ``top_k`` heatmaps are kept per finding.
     """
     predict = predict or model.predict
-    modalities = pipeline.modalities if pipeline.modalities is not None else model.manifest.modalities
+    modalities = list(modalities) if modalities is not None else model.manifest.modalities
     selection = select_images(paths, modalities)
     skipped = [SkippedImage(uid, reason) for uid, reason in selection.skipped]
     timings = Timings()
@@ -135,7 +137,7 @@ def analyse(
     for label in model.manifest.labels:
         scores = np.array([r.scores[label.name] for r in results], dtype=np.float64)
         maps = [r.heatmaps.get(label.name, r.heatmap) for r in results]
-        order = np.argsort(-scores, kind="stable")[: pipeline.top_k]
+        order = np.argsort(-scores, kind="stable")[: top_k]
         images = [
             ImageEvidence(keys[i][0], keys[i][1], float(scores[i]), _unit(maps[i]))
             for i in order
@@ -152,7 +154,7 @@ def analyse(
     result = AnalysisResult(
         study_instance_uid=study_uid,
         study_version=version,
-        pipeline=pipeline.name,
+        pipeline=pipeline,
         algorithm=algorithm_info(model),
         findings=findings,
         analysed_sop_instance_uids=[c.sop_instance_uid for c in used],

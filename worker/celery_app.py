@@ -8,12 +8,12 @@ from celery.exceptions import CPendingDeprecationWarning
 
 from daemon.config import load_settings
 from daemon.logs import configure_logging
-from daemon.queue import make_celery
+from daemon.dispatch.tasks import make_celery
 
 settings = load_settings()
 configure_logging(settings.logging.level, json_logs=settings.logging.json_logs)
 app = make_celery(settings, name="pacsai-worker")
-# We keep running tasks going on a connection loss on purpose (daemon.queue): no warning
+# We keep running tasks going on a connection loss on purpose (daemon.dispatch.tasks): no warning
 warnings.filterwarnings("ignore", message=r"\s*In Celery 5\.1 we introduced",
                         category=CPendingDeprecationWarning)
 app.conf.update(include=["worker.tasks"])

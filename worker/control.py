@@ -22,7 +22,7 @@ from typing import Any
 from celery.signals import task_received, worker_ready, worker_shutdown, worker_shutting_down
 from celery.worker.control import inspect_command
 
-from daemon.notify import Notifier
+from daemon.ops.notify import Notifier
 from worker.consumer_watch import ConsumerWatch, restart_process
 
 _notifier = Notifier()
@@ -45,7 +45,7 @@ def _start_consumer_watch(consumer: Any) -> None:
     global _watch
     from celery.worker import state as worker_state
 
-    from daemon.broker import Broker
+    from daemon.dispatch.broker import Broker
     from worker.celery_app import app, settings
 
     task_consumer = getattr(consumer, "task_consumer", None)

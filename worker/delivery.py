@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import select, update
 
-from daemon import timeline
+from daemon.store import timeline
 from daemon.config import DeliverySettings, DestinationSettings, Settings
 from daemon.store.db import Database
 from daemon.store.models import Delivery, DeliveryState, Study, utcnow

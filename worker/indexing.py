@@ -20,7 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from daemon import redact
-from daemon.spool import Spool
+from daemon.ingest.spool import Spool
 from daemon.store.db import Database
 from daemon.store.models import Instance, Series, Study, utcnow
 from dicom_io import charset  # noqa: F401 - completes pydicom's tables (ISO_IR 203, IR 58)

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 from sqlalchemy.orm import Session
 
-from daemon import timeline
+from daemon.store import timeline
 from daemon.store import lifecycle
 from daemon.store.db import Database
 from daemon.store.lifecycle import Owner

@@ -20,10 +20,10 @@ from pydicom.dataset import Dataset
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from daemon import timeline
+from daemon.store import timeline
 from daemon.config import PipelineSettings, Settings
-from daemon.durable import fsync_dirs, write_atomically
-from daemon.spool import results_folder
+from daemon.ingest.durable import fsync_dirs, write_atomically
+from daemon.ingest.spool import results_folder
 from daemon.store.models import Delivery, DeliveryState, Finding, Study, utcnow
 from dicom_io.pm import UnsupportedSource, write_parametric_map
 from dicom_io.results import AnalysisResult, PreviousResult

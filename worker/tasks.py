@@ -16,8 +16,8 @@ from pydicom import dcmread
 from sqlalchemy import select
 
 from daemon import redact
-from daemon.queue import TASK_DELIVER, TASK_PROCESS_STUDY, send_delivery
-from daemon.spool import Spool
+from daemon.dispatch.tasks import TASK_DELIVER, TASK_PROCESS_STUDY, send_delivery
+from daemon.ingest.spool import Spool
 from daemon.store.db import Database
 from daemon.store.models import Instance, Job, Study
 from inference import ModelCache, default_models_dir
@@ -103,7 +103,8 @@ def run_pipeline(db: Database, job: Job, owner: jobs.Owner,
     batcher = None
     if batching_enabled():
         batcher = get_batcher(model, settings.inference.max_batch, settings.inference.max_delay_ms)
-    analysis = analyse(model, pipeline, paths, study_uid=study_uid, version=job.version,
+    analysis = analyse(model, paths, pipeline=pipeline.name, modalities=pipeline.modalities,
+                       top_k=pipeline.top_k, study_uid=study_uid, version=job.version,
                        batch_size=settings.inference.max_batch,
                        predict=batcher.submit if batcher else None)
     result = analysis.result

@@ -28,7 +28,7 @@ _MIGRATIONS = Path(__file__).with_name("migrations")
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     # WAL: readers never block the writer; NORMAL: no fsync per commit (the spool
-    # files are fsynced and the spool is re-indexed on start, see daemon.recovery).
+    # files are fsynced and the spool is re-indexed on start, see daemon.ingest.recovery).
     dbapi_conn.isolation_level = None  # let us issue BEGIN IMMEDIATE ourselves
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")

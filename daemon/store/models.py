@@ -99,7 +99,7 @@ class Study(Base):
     first_received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     last_received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     completed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
-    # Set by daemon.retention when the received files were removed (rows stay longer).
+    # Set by daemon.ops.retention when the received files were removed (rows stay longer).
     spool_purged_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(

@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dicom_io"))
 
 from daemon.store.db import Database  # noqa: E402
 from daemon.store.models import Delivery, Finding, Job, Study  # noqa: E402
-from daemon.timeline import timeline  # noqa: E402
+from daemon.store.timeline import timeline  # noqa: E402
 from dicom_io.synthetic_study import radiograph  # noqa: E402
 from orthanc import OrthancServer  # noqa: E402
 from pacsai_process import PacsaiProcess, free_port, wait_until  # noqa: E402

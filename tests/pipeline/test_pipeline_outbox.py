@@ -12,7 +12,7 @@ from sqlalchemy import select
 from daemon.config import DeliverySettings, Settings
 from daemon.store.db import Database
 from daemon.store.models import Delivery, DeliveryState, Study, utcnow
-from daemon.timeline import timeline
+from daemon.store.timeline import timeline
 from dicom_io.synthetic_study import radiograph
 from pacsai_process import free_port
 from peers import StoreSCP

@@ -24,7 +24,7 @@ NAME, DESCRIPTION = "Bœuf^Zoë", "Thorax œdème €"  # Latin-9 only: Œ, œ a
 _INDEX = """
 import json, sys
 from pathlib import Path
-from daemon.spool import Spool
+from daemon.ingest.spool import Spool
 from daemon.store.db import Database
 from daemon.store.models import Instance, Study, utcnow
 from worker.indexing import index_study

@@ -64,7 +64,8 @@ def test_an_image_without_pixel_data_is_skipped_and_the_rest_analysed(tmp_path: 
     broken = _no_pixels(uid, 3)
     paths = [_save(good, tmp_path, "a.dcm"), _save(broken, tmp_path, "b.dcm")]
     pipeline = PipelineSettings(name="anomaly", model="chest-cxr-anomaly")
-    analysis = analyse(model, pipeline, paths, study_uid=uid, version=1)
+    analysis = analyse(model, paths, pipeline=pipeline.name, modalities=pipeline.modalities,
+                       top_k=pipeline.top_k, study_uid=uid, version=1)
     assert [c.sop_instance_uid for c in analysis.candidates] == [good.SOPInstanceUID]
     assert analysis.timings.images == 1
     assert [(s.sop_instance_uid, s.reason) for s in analysis.result.skipped] == [
@@ -78,4 +79,5 @@ def test_a_study_whose_only_image_lacks_pixel_data_says_why(tmp_path: Path) -> N
     paths = [_save(_no_pixels(uid, 3), tmp_path, "a.dcm")]
     pipeline = PipelineSettings(name="anomaly", model="chest-cxr-anomaly")
     with pytest.raises(NothingToAnalyse, match="cannot decode: dataset has no Pixel Data"):
-        analyse(model, pipeline, paths, study_uid=uid, version=1)
+        analyse(model, paths, pipeline=pipeline.name, modalities=pipeline.modalities,
+                       top_k=pipeline.top_k, study_uid=uid, version=1)

@@ -1,5 +1,0 @@
-"""The admin HTTP service: dashboard, JSON API, /metrics, /healthz, /readyz."""
-
-from daemon.admin.app import create_app
-
-__all__ = ["create_app"]

@@ -1,0 +1,1 @@
+"""Dispatch: Celery configuration and task names, the brokers, the doorbell that sends a job's task, the reconciler."""

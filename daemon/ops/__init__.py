@@ -1,0 +1,1 @@
+"""Operations: the admin HTTP service, reports, health, status, monitoring, retention, admin actions, systemd notification."""

@@ -1,0 +1,1 @@
+"""Routing: which pipelines and destinations a completed study version goes to."""
