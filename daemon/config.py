@@ -39,6 +39,7 @@ from daemon.sections import (  # noqa: E402 - the sections, re-exported: import 
     DeliverySettings,
     QueueSettings,
     AdminSettings,
+    DicomwebSettings,
     RetentionSettings,
     ModelExpectation,
     MonitoringSettings,
@@ -64,6 +65,7 @@ class Settings(BaseSettings):
     study: StudySettings = Field(default_factory=StudySettings)
     destinations: list[DestinationSettings] = Field(default_factory=list)
     admin: AdminSettings = Field(default_factory=AdminSettings)
+    dicomweb: DicomwebSettings = Field(default_factory=DicomwebSettings)
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
     pipelines: list[PipelineSettings] = Field(default_factory=_default_pipelines)
     results: ResultsSettings = Field(default_factory=ResultsSettings)
@@ -149,6 +151,11 @@ class Settings(BaseSettings):
     @property
     def results_dir(self) -> Path:
         return self.data_dir / "results"
+
+    @property
+    def fetched_dir(self) -> Path:
+        """A remote worker's copies of the study versions it analyses (removed after each job)."""
+        return self.data_dir / "fetched"
 
     @property
     def engine_cache_dir(self) -> Path:

@@ -225,6 +225,18 @@ class AdminSettings(_Section):
         return self
 
 
+class DicomwebSettings(_Section):
+    """DICOMweb under ``/dicomweb`` on the admin port (its HTTPS too): WADO-RS and QIDO-RS of
+    what was received, STOW-RS of remote workers' results. Its answers carry patient data,
+    so it has a token of its own (the PHI token is accepted too, the admin token is not)."""
+
+    token: SecretStr | None = Field(
+        None, description="Bearer token; empty: generated at first start into "
+                          "data_dir/dicomweb-token (mode 0600).")
+    max_stow_bytes: int = Field(
+        2 << 30, ge=1, description="Largest STOW-RS request body; a longer one is refused (413).")
+
+
 class RetentionSettings(_Section):
     """What is kept how long once nothing is pending for a study."""
 
@@ -274,6 +286,40 @@ class WorkerSettings(_Section):
         300.0, gt=0, description="Re-send a job queued this long when the broker cannot be "
         "asked what it holds (when it can, a job whose task it lost is re-sent at once).")
     reconcile_seconds: float = Field(10.0, gt=0)
+    listener_url: str | None = Field(
+        None, description="A worker on another host: the receiving node's DICOMweb root "
+        "(https://recv:8080/dicomweb). Studies are fetched from it (WADO-RS) and results sent "
+        "back to it (STOW-RS) instead of reading and writing this host's data_dir. Such a "
+        "worker never consumes the delivery queue (cpu): the result files are on the receiver.")
+    listener_token: SecretStr | None = Field(
+        None, description="The receiving node's [dicomweb] token.")
+    listener_ca_file: Path | None = Field(
+        None, description="CA bundle that signed the receiving node's certificate "
+        "(default: the system's).")
+    fetch_timeout_seconds: float = Field(
+        60.0, gt=0, description="Connect and read timeout of one DICOMweb request.")
+    fetch_attempts: int = Field(
+        4, ge=1, le=20, description="Tries of one fetch or store (0.5 s, doubling, between).")
+
+    @field_validator("listener_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"listener_url must be an http(s) URL, not {value!r}")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _token(self) -> "WorkerSettings":
+        if self.listener_url and not (self.listener_token and
+                                      self.listener_token.get_secret_value()):
+            raise ValueError("worker.listener_url needs worker.listener_token (the receiving "
+                             "node's [dicomweb] token)")
+        return self
 
 
 class LoggingSettings(_Section):

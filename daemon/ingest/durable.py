@@ -17,21 +17,54 @@ def write_atomically(tmp: Path, final: Path, chunks: Iterable[bytes | memoryview
     On any ``OSError`` (a full disk, say) ``tmp`` is removed and the error re-raised with
     its errno. The caller fsyncs the directory (``fsync_dirs``) when the entry must last.
     """
+    out = AtomicFile(tmp, final, fsync=fsync, mode=mode)
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        for chunk in chunks:
+            out.write(chunk)
+        out.close()
+        out.commit()
+    except OSError:
+        out.abort()
+        raise
+
+
+class AtomicFile:
+    """:func:`write_atomically` in steps, for data that arrives in pieces (a STOW-RS part):
+    ``write`` as it comes, ``close`` (fsynced), look at ``tmp`` if need be, then ``commit``
+    (rename to ``final``) or ``abort`` (``tmp`` removed). The caller fsyncs the directory."""
+
+    def __init__(self, tmp: Path, final: Path, *, fsync: bool, mode: int = 0o600) -> None:
+        self.tmp, self.final, self.fsync = tmp, final, fsync
+        self.size = 0
+        self._fd: int | None = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+
+    def write(self, chunk: bytes | memoryview) -> None:
+        assert self._fd is not None, "closed"
+        view = memoryview(chunk)
+        self.size += len(view)
+        while view:
+            view = view[os.write(self._fd, view):]
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
         try:
-            for chunk in chunks:
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(fd, view):]
-            if fsync:
+            if self.fsync:
                 os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(tmp, final)
-    except OSError:
-        tmp.unlink(missing_ok=True)
-        raise
+
+    def commit(self) -> None:
+        self.close()
+        os.replace(self.tmp, self.final)
+
+    def abort(self) -> None:
+        try:
+            self.close()
+        except OSError:
+            pass
+        self.tmp.unlink(missing_ok=True)
 
 
 def fsync_dirs(*folders: Path) -> None:

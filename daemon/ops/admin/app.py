@@ -13,6 +13,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from daemon import dicomweb
 from daemon.ingest import metrics
 from daemon.ops.admin.api import make_router
 from daemon.ops.admin.auth import TokenAuth, admin_token
@@ -86,6 +87,7 @@ def create_app(settings: Settings, db: Database | None = None, *,
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     app.include_router(make_router(auth))
+    app.include_router(dicomweb.make_router(settings, db))
 
     @app.get("/", include_in_schema=False)
     def dashboard() -> FileResponse:

@@ -47,20 +47,28 @@ def admin_token(settings: Settings, *, create: bool = True) -> str | None:
     """The configured token, else the stored one, else (``create``) a new stored one."""
     if settings.admin.token is not None and settings.admin.token.get_secret_value():
         return settings.admin.token.get_secret_value()
-    path = token_path(settings)
+    return stored_token(token_path(settings), "admin", create=create)
+
+
+def stored_token(path: Path, label: str, *, create: bool = True) -> str | None:
+    """The token kept in ``path``, else (``create``) a new one written there (mode 0600) and
+    printed once on stderr."""
     if path.is_file():
         return path.read_text().strip()
     if not create:
         return None
     token = secrets.token_urlsafe(32)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process of this installation made it first
+        return path.read_text().strip()
     with os.fdopen(fd, "w") as fh:
         fh.write(token + "\n")
     # Printed once, on purpose not through logging (log files are kept and shipped).
-    print(f"pacsai admin token (stored in {path}, shown only now): {token}", file=sys.stderr,
+    print(f"pacsai {label} token (stored in {path}, shown only now): {token}", file=sys.stderr,
           flush=True)
-    log.info("generated an admin token in %s", path)
+    log.info("generated a%s %s token in %s", "n" if label[0] in "aeiou" else "", label, path)
     return token
 
 
