@@ -112,6 +112,7 @@ def _delete_namespace(ns: str) -> None:
         if name != "lo":
             _ip("-n", ns, "link", "del", name, check=False)
     _ip("netns", "del", ns, check=False)
+    shutil.rmtree(Path("/etc/netns") / ns, ignore_errors=True)
 
 
 def sweep_stale() -> list[str]:
@@ -123,7 +124,7 @@ def sweep_stale() -> list[str]:
         if m and not _alive(int(m.group(1))):
             _delete_namespace(ns)
             removed.append(ns)
-    for folder in glob.glob(f"/tmp/{PREFIX}*x*-*"):
+    for folder in [*glob.glob(f"/tmp/{PREFIX}*x*-*"), *glob.glob(f"/etc/netns/{PREFIX}*x*-*")]:
         m = _NAME.match(Path(folder).name)
         if m and not _alive(int(m.group(1))):
             shutil.rmtree(folder, ignore_errors=True)
@@ -179,7 +180,7 @@ def _probe() -> str | None:
         return "network namespaces need Linux"
     if os.geteuid() != 0:
         return "making network namespaces and users needs root (run the tests as root)"
-    for tool in ("ip", "bridge", "setpriv"):
+    for tool in ("ip", "bridge", "setpriv", "unshare"):
         if shutil.which(tool) is None:
             return f"{tool!r} not found (Debian: iproute2, util-linux)"
     if shutil.which("useradd") is None:
@@ -221,12 +222,14 @@ def ensure_user(name: str) -> pwd.struct_passwd:
 
 # Runs as root inside the host's fresh mount namespace (``ip netns exec`` makes one, a slave of
 # the machine's: nothing mounted here is seen outside), then becomes the host's user.
-# $1 uid, $2 gid, $3 staging folder, $4 hidden folder, $5 its children (space separated), then
-# the command.
+# It runs in a UTS namespace of its own too, to give the host its name (Celery names its workers
+# after it). $1 host name, $2 uid, $3 gid, $4 staging folder, $5 hidden folder, $6 its children
+# (space separated), then the command.
 _PRELUDE = r"""
 set -e
-uid=$1 gid=$2 stage=$3 hidden=$4 children=$5
-shift 5
+name=$1 uid=$2 gid=$3 stage=$4 hidden=$5 children=$6
+shift 6
+hostname "$name"
 if [ -n "$hidden" ]; then
   mount -t tmpfs -o mode=0755,size=64k pxh-hide "$stage"
   for c in $children; do
@@ -269,6 +272,12 @@ class Host:
                 raise RuntimeError(f"cannot isolate bridge port {self._port}: {r.stderr.strip()}")
         _ip("-n", self.ns, "addr", "add", f"{self.address}/24", "dev", "eth0")
         _ip("-n", self.ns, "link", "set", "eth0", "up")
+        # ip netns exec binds /etc/netns/<ns>/<file> over /etc/<file>: the hosts' names, and no
+        # name server (it could not be reached anyway: lookups fail at once instead of waiting)
+        self.etc = Path("/etc/netns") / self.ns
+        self.etc.mkdir(parents=True, exist_ok=True)
+        (self.etc / "resolv.conf").write_text("# no name server on the test network\n")
+        (self.etc / "hosts").touch()
 
     def __repr__(self) -> str:
         return f"Host({self.name} {self.address})"
@@ -290,8 +299,8 @@ class Host:
         if as_root:
             return ["ip", "netns", "exec", self.ns, *argv]
         hidden = self.network.hidden
-        return ["ip", "netns", "exec", self.ns, "sh", "-c", _PRELUDE, "pxh-host",
-                str(self.uid), str(self.gid), str(self.network.stage),
+        return ["ip", "netns", "exec", self.ns, "unshare", "--uts", "sh", "-c", _PRELUDE,
+                "pxh-host", self.name, str(self.uid), str(self.gid), str(self.network.stage),
                 hidden[0] if hidden else "", " ".join(hidden[1]) if hidden else "", *argv]
 
     def start(self, argv: Sequence[str], *, env: dict[str, str] | None = None,
@@ -480,7 +489,16 @@ class Network:
             raise ValueError(f"bad or duplicate host name {name!r}")
         host = Host(self, name, len(self.hosts) + 1, isolated)
         self.hosts[name] = host
+        self._write_hosts()
         return host
+
+    def _write_hosts(self) -> None:
+        """Every host's /etc/hosts names them all (rewritten in place: the running see it)."""
+        lines = ["127.0.0.1 localhost", *(f"{h.address} {h.name}" for h in self.hosts.values())]
+        for host in self.hosts.values():
+            with (host.etc / "hosts").open("r+") as fh:
+                fh.truncate()
+                fh.write("\n".join(lines) + "\n")
 
     def namespaces(self) -> list[str]:
         return [ns for ns in namespaces() if ns.startswith(f"{self.tag}-")]

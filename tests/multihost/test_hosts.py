@@ -60,6 +60,8 @@ def test_each_host_has_its_user_and_private_data_dir(net: Network) -> None:
     recv, w1 = net.host("recv"), net.host("w1", isolated=True)
     for host in (recv, w1):
         assert host.run(["id", "-un"]).stdout.strip() == f"pxh-{host.name}"
+        assert host.run(["hostname"]).stdout.strip() == host.name
+        assert host.run(["getent", "hosts", "recv"]).stdout.split() == [recv.address, "recv"]
         assert host.data_dir.stat().st_uid == host.uid
         assert oct(host.data_dir.stat().st_mode & 0o777) == "0o700"
         host.run(["sh", "-c", f"echo x > {host.data_dir}/mine"])
@@ -157,6 +159,7 @@ def test_close_leaves_nothing_even_after_a_failure(tmp_path: Path) -> None:
     assert proc.poll() == -signal.SIGKILL
     assert not [ns for ns in hosts.namespaces() if ns.startswith(tag)]
     assert not base.exists()
+    assert not list(Path("/etc/netns").glob(f"{tag}-*"))
     links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
     assert "veth" not in links and f"{tag}" not in links
 
