@@ -43,7 +43,7 @@ def _timed_echo(port: int) -> float:
 
 LIMITS = {"PACSAI_LISTENER__MAX_ASSOCIATIONS": "4",
           "PACSAI_LISTENER__ASSOCIATION_REQUEST_TIMEOUT": "2",
-          "PACSAI_LISTENER__MAX_CONNECTIONS_PER_ADDRESS": "30"}
+          "PACSAI_LISTENER__MAX_CONNECTIONS_PER_ADDRESS": "10"}
 
 
 def test_idle_and_half_sent_connections_do_not_lock_a_pacs_out(tmp_path: Path) -> None:
