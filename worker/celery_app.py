@@ -16,6 +16,6 @@ app = make_celery(settings, name="pacsai-worker")
 # We keep running tasks going on a connection loss on purpose (daemon.dispatch.tasks): no warning
 warnings.filterwarnings("ignore", message=r"\s*In Celery 5\.1 we introduced",
                         category=CPendingDeprecationWarning)
-app.conf.update(include=["worker.tasks"])
-
-import worker.control  # noqa: E402,F401 - signal handlers and the pacsai_info inspect command
+# worker.control: signal handlers and the pacsai_info inspect command (imported by the worker
+# at start, before it is ready; it imports this module, not the other way round)
+app.conf.update(include=["worker.tasks", "worker.control"])

@@ -35,9 +35,10 @@ from pynetdicom.presentation import AllStoragePresentationContexts
 
 from daemon.config import ListenerSettings
 from daemon.ingest import handlers as handlers_
-from daemon.ingest.association_gate import GateLimits, gated_server_class
+from daemon.ingest.association_gate import GateLimits
 from daemon.ingest.handlers import Reception
 from daemon.ingest.offenders import OffenderLog
+from daemon.ingest.server import gated_server_class
 from daemon.ingest.spool import Spool
 from daemon.ingest.tracker import StudyTracker
 from daemon.ingest.transport import InflightBudget, bounded_request_handler

@@ -46,8 +46,7 @@ from daemon.store.models import (
 
 log = logging.getLogger(__name__)
 
-PENDING_STUDY_STATES = (StudyState.RECEIVING, StudyState.COMPLETE, StudyState.QUEUED,
-                        StudyState.PROCESSING)
+PENDING_STUDY_STATES = (StudyState.RECEIVING, StudyState.QUEUED, StudyState.PROCESSING)
 
 
 @dataclass

@@ -26,8 +26,7 @@ S, J = StudyState, JobState
 
 #: study state -> the states it may move to
 STUDY_MOVES: dict[str, frozenset[str]] = {
-    S.RECEIVING: frozenset({S.COMPLETE, S.QUEUED, S.NOT_ROUTED}),
-    S.COMPLETE: frozenset({S.QUEUED, S.NOT_ROUTED, S.RECEIVING}),
+    S.RECEIVING: frozenset({S.QUEUED, S.NOT_ROUTED}),
     S.QUEUED: frozenset({S.PROCESSING, S.DONE, S.FAILED, S.RECEIVING}),
     S.PROCESSING: frozenset({S.QUEUED, S.DONE, S.FAILED, S.RECEIVING}),
     # a retried job of a finished study, or late instances opening a new version

@@ -56,7 +56,6 @@ class StudyState:
     """Where a study stands; the study row keeps the state of its newest version."""
 
     RECEIVING = "receiving"
-    COMPLETE = "complete"
     QUEUED = "queued"
     PROCESSING = "processing"
     DONE = "done"

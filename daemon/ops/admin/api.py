@@ -20,9 +20,15 @@ def _state(request: Request) -> Any:
 
 
 def make_router(auth: Any) -> APIRouter:
+    """The /api routes, each behind ``auth`` (a FastAPI dependency returning the Caller)."""
     router = APIRouter(prefix="/api", tags=["admin"])
-    CallerDep = Annotated[Caller, Depends(auth)]
+    caller_dep = Annotated[Caller, Depends(auth)]
+    _read_routes(router, caller_dep)
+    _action_routes(router, caller_dep)
+    return router
 
+
+def _read_routes(router: APIRouter, CallerDep: Any) -> None:  # noqa: N803 - a type, as FastAPI reads it
     @router.get("/studies", summary="Studies, newest first (no patient data unless phi=true)")
     def studies(request: Request, caller: CallerDep, state: str | None = None,
                 since: dt.datetime | None = None, until: dt.datetime | None = None,
@@ -102,6 +108,8 @@ def make_router(auth: Any) -> APIRouter:
         st = _state(request)
         return [r.as_dict() for r in monitoring.monitor(st.db, st.settings.monitoring, days=days)]
 
+
+def _action_routes(router: APIRouter, CallerDep: Any) -> None:  # noqa: N803
     @router.post("/jobs/{job_id}/retry", summary="Queue a failed or cancelled job again")
     def retry(request: Request, caller: CallerDep, job_id: int) -> dict[str, Any]:
         st = _state(request)
@@ -130,8 +138,6 @@ def make_router(auth: Any) -> APIRouter:
         with _mapped():
             operations.resend_delivery(_state(request).db, delivery_id, caller.actor)
         return {"delivery": delivery_id, "state": "pending"}
-
-    return router
 
 
 class _mapped:

@@ -74,7 +74,7 @@ class StoreCollector(Collector):
                 .group_by(Delivery.destination, Delivery.state)).all()
 
         g = GaugeMetricFamily("pacsai_studies", "Studies by state.", labels=["state"])
-        for state in (StudyState.RECEIVING, StudyState.COMPLETE, StudyState.QUEUED,
+        for state in (StudyState.RECEIVING, StudyState.QUEUED,
                       StudyState.PROCESSING, StudyState.DONE, StudyState.FAILED,
                       StudyState.NOT_ROUTED):
             g.add_metric([state], states.get(state, 0))
