@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "tests" / "queue")]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from sqlalchemy import select  # noqa: E402
 
