@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -72,15 +73,34 @@ def worker(
     queues: Annotated[str, typer.Option(help="Comma-separated queues to consume.")] = "cpu,infer",
     concurrency: Annotated[Optional[int], typer.Option(help="Worker processes (threads with --gpu).")] = None,
     gpu: Annotated[Optional[int], typer.Option(help="Bind to this GPU and consume gpu.N.")] = None,
+    listener_url: Annotated[Optional[str], typer.Option(
+        help="On another host: the receiving node's DICOMweb root (https://recv:8080/dicomweb); "
+             "sets worker.listener_url.")] = None,
+    token: Annotated[Optional[str], typer.Option(
+        help="The receiving node's DICOMweb token (worker.listener_token; the configuration "
+             "file or PACSAI_WORKER__LISTENER_TOKEN keep it out of the process list).")] = None,
+    ca_file: Annotated[Optional[Path], typer.Option(
+        help="CA bundle for the receiving node's certificate (worker.listener_ca_file).")] = None,
 ) -> None:
     """Run a Celery worker (replaces this process).
 
     ``--gpu N``: one process bound to GPU N (CUDA_VISIBLE_DEVICES set before anything can
     touch CUDA) consuming ``gpu.N`` with a thread pool, so the process that holds the CUDA
     context never forks; its threads share warm engines and the dynamic batcher.
+
+    ``--listener-url``: a worker on another host. It fetches each study version from the
+    receiving node (WADO-RS) and stores its results there (STOW-RS) before the job is done;
+    it never consumes ``cpu`` (delivery reads the result files, which are on the receiving
+    host: run ``pacsai serve``, or ``pacsai worker --queues cpu`` next to ``pacsai listener``,
+    there).
     """
+    from daemon.dispatch.tasks import DEFAULT_QUEUE as DELIVERY_QUEUE
     from daemon.service import worker_command, worker_env
 
+    for name, value in (("LISTENER_URL", listener_url), ("LISTENER_TOKEN", token),
+                        ("LISTENER_CA_FILE", str(ca_file.resolve()) if ca_file else None)):
+        if value is not None:
+            os.environ[f"PACSAI_WORKER__{name}"] = value  # the worker process reads them
     settings = _settings(config)
     qs = [q.strip() for q in queues.split(",") if q.strip()]
     env = worker_env(settings)
@@ -90,6 +110,15 @@ def worker(
         env["PACSAI_WORKER_GPU"] = str(gpu)
         qs = [f"gpu.{gpu}"]
         pool = "threads"
+    if settings.worker.listener_url and DELIVERY_QUEUE in qs:
+        qs.remove(DELIVERY_QUEUE)
+        if not qs:
+            err.print(f"[red]error:[/red] a worker with a listener URL does not deliver (queue "
+                      f"{DELIVERY_QUEUE}: the result files are on the receiving host); give it "
+                      "inference queues")
+            raise typer.Exit(2)
+        err.print(f"queue {DELIVERY_QUEUE} (delivery) is left to the receiving host; "
+                  f"consuming {','.join(qs)}")
     cmd = worker_command(settings, qs, concurrency or settings.worker.concurrency, pool=pool)
     os.execve(cmd[0], cmd, env)
 

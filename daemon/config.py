@@ -104,6 +104,11 @@ class Settings(BaseSettings):
         errors, _ = check_rules(self.routes, pipes, names)
         if errors:
             raise ValueError("invalid routing rules: " + "; ".join(errors))
+        if self.worker.listener_url and not (self.broker.url and self.broker.url.get_secret_value()
+                                             and self.database.url
+                                             and self.database.url.get_secret_value()):
+            raise ValueError("worker.listener_url (a worker on another host) needs broker.url and "
+                             "database.url: the receiving node's Redis and PostgreSQL")
         if self.worker.task_soft_time_limit >= self.worker.task_time_limit:
             raise ValueError("worker.task_soft_time_limit must be below worker.task_time_limit")
         # The one place the daemon's engine cache default is resolved: <data_dir>/engines

@@ -104,14 +104,20 @@ def _insert_series_ignoring_existing(session: Session, rows: list[dict[str, obje
     session.execute(stmt)
 
 
-def index_study(db: Database, spool: Spool, study_id: int) -> IndexResult:
-    """Index the study's instances that are not indexed yet (idempotent, concurrent-safe)."""
+def index_study(db: Database, spool: Spool, study_id: int, *,
+                up_to_version: int | None = None) -> IndexResult:
+    """Index the study's instances that are not indexed yet (idempotent, concurrent-safe).
+
+    ``up_to_version``: only those of versions 1..N (a remote worker's copy holds no others).
+    """
     with db.read() as session:
         if session.get(Study, study_id) is None:
             raise LookupError(f"study {study_id} does not exist")
-        todo = session.execute(select(Instance.id, Instance.file_path, Instance.series_instance_uid)
-                               .where(Instance.study_id == study_id,
-                                      Instance.indexed_at.is_(None))).all()
+        query = (select(Instance.id, Instance.file_path, Instance.series_instance_uid)
+                 .where(Instance.study_id == study_id, Instance.indexed_at.is_(None)))
+        if up_to_version is not None:
+            query = query.where(Instance.version <= up_to_version)
+        todo = session.execute(query).all()
     if not todo:
         return IndexResult(0, 0, 0)
     headers = [h for h in (_read(spool, i, rel, s) for i, rel, s in todo) if h is not None]

@@ -24,7 +24,8 @@ from daemon.store import timeline
 from daemon.config import PipelineSettings, Settings
 from daemon.ingest.durable import fsync_dirs, write_atomically
 from daemon.ingest.spool import results_folder
-from daemon.store.models import Delivery, DeliveryState, Finding, Study, utcnow
+from daemon.store.db import Database
+from daemon.store.models import Delivery, DeliveryState, Finding, Job, Study, utcnow
 from dicom_io.pm import UnsupportedSource, write_parametric_map
 from dicom_io.results import AnalysisResult, PreviousResult
 from dicom_io.sc import SCOptions, write_heatmap_scs
@@ -88,6 +89,30 @@ def previous_results(settings: Settings, study_uid: str, version: int,
         if found:
             return found
     return []
+
+
+def recorded_previous_results(db: Database, study_id: int, version: int,
+                              pipeline: str) -> list[PreviousResult]:
+    """:func:`previous_results` from the outbox instead of the results folder, for a remote
+    worker (whose host keeps no results): the SR(s) this pipeline's job recorded for the
+    newest earlier version. Only SRs recorded for a destination are known this way."""
+    with db.read() as session:
+        rows = session.execute(
+            select(Job.version, Delivery.series_instance_uid, Delivery.sop_instance_uid,
+                   Delivery.sop_class_uid)
+            .join(Job, Delivery.job_id == Job.id)
+            .where(Job.study_id == study_id, Job.pipeline == pipeline, Job.version < version,
+                   Delivery.sop_class_uid.in_(SR_CLASSES))
+            .order_by(Job.version.desc(), Delivery.id)).all()
+        uid = session.scalar(select(Study.study_instance_uid).where(Study.id == study_id))
+    if not rows:
+        return []
+    newest = rows[0][0]
+    found: dict[str, PreviousResult] = {}
+    for v, series, sop, cls in rows:
+        if v == newest and sop not in found:
+            found[sop] = PreviousResult(str(uid), series, sop, cls)
+    return list(found.values())
 
 
 def write_objects(settings: Settings, pipeline: PipelineSettings, result: AnalysisResult,

@@ -16,18 +16,20 @@ from pydicom import dcmread
 from sqlalchemy import select
 
 from daemon import redact
+from daemon.config import PipelineSettings
 from daemon.dispatch.tasks import TASK_DELIVER, TASK_PROCESS_STUDY, send_delivery
 from daemon.ingest.spool import Spool
 from daemon.store.db import Database
 from daemon.store.models import Instance, Job, Study
 from inference import ModelCache, default_models_dir
-from worker import jobs
+from worker import jobs, remote
 from worker.analysis import NothingToAnalyse, analyse
 from worker.batching import get_batcher
 from worker.celery_app import app, settings
 from worker.delivery import deliver_due
 from worker.indexing import index_study
-from worker.outputs import previous_results, record_outputs, write_objects
+from worker.outputs import (previous_results, record_outputs, recorded_previous_results,
+                            write_objects)
 from worker.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
@@ -65,8 +67,11 @@ def spool() -> Spool:
     return Spool(settings.spool_dir, min_free_bytes=0, fsync=False)
 
 
-def _study_files(db: Database, study_id: int, version: int) -> tuple[str, str, list[Path]]:
-    sp = spool()
+def _study_files(db: Database, study_id: int, version: int,
+                 sp: Spool | None = None) -> tuple[str, str, list[Path]]:
+    """The study's UID, incarnation, and the files of its instances up to ``version`` (in
+    ``sp``: the spool, or a remote worker's fetched copy laid out the same)."""
+    sp = sp or spool()
     with db.read() as session:
         study = session.get(Study, study_id)
         assert study is not None
@@ -97,8 +102,25 @@ def run_pipeline(db: Database, job: Job, owner: jobs.Owner,
     pipeline = next((p for p in settings.pipelines if p.name == job.pipeline), None)
     if pipeline is None:
         raise LookupError(f"pipeline {job.pipeline} is not configured")
-    index_study(db, spool(), job.study_id)
-    study_uid, incarnation, paths = _study_files(db, job.study_id, job.version)
+    if not remote.enabled(settings):  # on the receiving host: the spool itself, no copy
+        return _run(db, job, owner, lost, pipeline, spool())
+    with db.read() as session:
+        study = session.get(Study, job.study_id)
+        assert study is not None
+        study_uid = study.study_instance_uid
+    copy = remote.fetch(settings, db, job.study_id, study_uid, job.version, job.id)
+    try:
+        return _run(db, job, owner, lost, pipeline, copy.spool)
+    finally:
+        copy.remove()
+
+
+def _run(db: Database, job: Job, owner: jobs.Owner, lost: threading.Event | None,
+         pipeline: PipelineSettings, sp: Spool) -> dict[str, object]:
+    far = remote.enabled(settings)
+    # a remote worker has only this version's instances: index those (later ones are not here)
+    index_study(db, sp, job.study_id, up_to_version=job.version if far else None)
+    study_uid, incarnation, paths = _study_files(db, job.study_id, job.version, sp)
     model = models().get(pipeline.model)
     batcher = None
     if batching_enabled():
@@ -109,30 +131,39 @@ def run_pipeline(db: Database, job: Job, owner: jobs.Owner,
                        predict=batcher.submit if batcher else None)
     result = analysis.result
     result.study_incarnation = incarnation
-    result.supersedes = previous_results(settings, study_uid, job.version, pipeline.name,
-                                         incarnation)
+    result.supersedes = (recorded_previous_results(db, job.study_id, job.version, pipeline.name)
+                         if far else previous_results(settings, study_uid, job.version,
+                                                      pipeline.name, incarnation))
     if lost is not None and lost.is_set():
         raise jobs.LostOwnership(owner)
     evidence = {img.sop_instance_uid for f in result.findings for img in f.images}
     sources = [dcmread(c.path) for c in analysis.candidates if c.sop_instance_uid in evidence]
     written = write_objects(settings, pipeline, result, sources)
-    t = analysis.timings
-    reasons = Counter(s.reason for s in result.skipped)
-    detail: dict[str, object] = {
-        "images": t.images, "skipped": dict(reasons), "objects": len(written),
-        "decode_s": round(t.decode_s, 3), "inference_s": round(t.inference_s, 3),
-        "model": f"{model.name} {model.version}", "backend": model.backend,
-        "positive": [f.label.meaning for f in result.findings if f.present],
-        **({"batching": {"batches": batcher.stats.batches,
-                         "mean_size": round(batcher.stats.mean_batch_size, 2)}}
-           if batcher else {})}
-    with jobs.outcome(db, owner, detail=detail) as (session, study):
-        detail["deliveries"] = record_outputs(
-            session, study, settings, version=job.version, job_id=job.id,
-            model_name=model.name, model_version=model.version, backend=model.backend,
-            result=result, written=written, inference_ms=t.inference_s * 1000, images=t.images,
-            destinations=job.destinations,
-        )
+    try:
+        if far:  # the results must be on the receiving node before the outbox points at them
+            if lost is not None and lost.is_set():
+                raise jobs.LostOwnership(owner)
+            remote.store(settings, study_uid, [w.path for w in written])
+        t = analysis.timings
+        reasons = Counter(s.reason for s in result.skipped)
+        detail: dict[str, object] = {
+            "images": t.images, "skipped": dict(reasons), "objects": len(written),
+            "decode_s": round(t.decode_s, 3), "inference_s": round(t.inference_s, 3),
+            "model": f"{model.name} {model.version}", "backend": model.backend,
+            "positive": [f.label.meaning for f in result.findings if f.present],
+            **({"batching": {"batches": batcher.stats.batches,
+                             "mean_size": round(batcher.stats.mean_batch_size, 2)}}
+               if batcher else {})}
+        with jobs.outcome(db, owner, detail=detail) as (session, study):
+            detail["deliveries"] = record_outputs(
+                session, study, settings, version=job.version, job_id=job.id,
+                model_name=model.name, model_version=model.version, backend=model.backend,
+                result=result, written=written, inference_ms=t.inference_s * 1000,
+                images=t.images, destinations=job.destinations,
+            )
+    finally:
+        if far:
+            remote.remove_local(settings, [w.path for w in written])
     return detail
 
 
@@ -228,6 +259,8 @@ def _warm_pool_process(**_: object) -> None:
 
 @worker_ready.connect
 def _warm_threads_pool(sender: object = None, **_: object) -> None:
+    if remote.enabled(settings):  # copies a killed worker of this host left behind
+        remote.clear_stale(settings, older_than=2 * settings.worker.task_time_limit)
     pool = getattr(sender, "pool", None)
     if "prefork" not in type(pool).__module__:  # prefork children warm themselves
         warm_models()
@@ -256,7 +289,17 @@ def _hard_time_limit(sender: Task | None = None, exception: BaseException | None
 
 @app.task(name=TASK_DELIVER)
 def deliver(destination: str) -> None:
-    """Send what is due for one destination (batches until nothing is due)."""
+    """Send what is due for one destination (batches until nothing is due).
+
+    Delivery reads the result files under data_dir/results, so it runs on the receiving host
+    only: a remote worker (``listener_url``) never consumes its queue (``pacsai worker`` drops
+    ``cpu`` there and ``python -m worker`` refuses it); should one get the task anyway, it
+    leaves the outbox alone for the receiving host's worker and the reconciler.
+    """
+    if remote.enabled(settings):
+        log.error("a delivery task reached a worker with worker.listener_url set (it holds no "
+                  "result files); left for the receiving host")
+        return
     db = database()
     for _ in range(50):
         report = deliver_due(db, settings, destination)
