@@ -20,7 +20,7 @@ import logging
 import socket
 import ssl
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -257,12 +257,14 @@ def send(
     items: Sequence[Dataset | str | Path],
     destination: Destination,
     timeout: float = 30.0,
+    progress: Callable[[InstanceOutcome], None] | None = None,
 ) -> list[InstanceOutcome]:
     """C-STORE ``items`` (datasets or file paths) over one association.
 
     Returns one outcome per readable item, in order (unreadable files are
     failures with ``status`` None). Never raises for peer or network errors.
     Files are read one at a time as they are sent (see the module's docstring).
+    ``progress`` is called with each outcome as the peer answers.
     """
     outcomes: list[InstanceOutcome | None] = [None] * len(items)
     headers: list[_Item] = []
@@ -271,8 +273,10 @@ def send(
             headers.append(_header(i, item))
         except Exception as exc:  # unreadable file
             outcomes[i] = InstanceOutcome(str(item), None, "failure", f"cannot read: {exc}")
+            if progress is not None:
+                progress(outcomes[i])
     if headers:
-        _send_batch(headers, destination, timeout, outcomes)
+        _send_batch(headers, destination, timeout, outcomes, progress)
     done = [o for o in outcomes if o is not None]
     counts = {c: sum(o.category == c for o in done) for c in ("success", "warning", "failure")}
     logger.info(
@@ -287,11 +291,17 @@ def _send_batch(
     destination: Destination,
     timeout: float,
     outcomes: list[InstanceOutcome | None],
+    progress: Callable[[InstanceOutcome], None] | None = None,
 ) -> None:
+    def tell(outcome: InstanceOutcome) -> None:
+        if progress is not None:
+            progress(outcome)
+
     def fail_rest(reason: str) -> None:
         for item in items:
             if outcomes[item.index] is None:
                 outcomes[item.index] = InstanceOutcome(item.sop_instance, None, "failure", reason)
+                tell(outcomes[item.index])
 
     try:
         contexts = _contexts(items)
@@ -303,6 +313,7 @@ def _send_batch(
                     fail_rest("association aborted or released before sending")
                     return
                 outcomes[item.index] = outcome = _store_one(assoc, item, exact)
+                tell(outcome)
                 if outcome.status is None and outcome.error == NO_RESPONSE:
                     # The association is in an unknown state: stop, don't wait
                     # a DIMSE timeout per remaining instance.
