@@ -54,7 +54,8 @@ class RemoteWorker:
             "PACSAI_ADMIN__PORT": "0",
             "PACSAI_LOGGING__LEVEL": "INFO",
             "PYTHONUNBUFFERED": "1",
-            "PYTHONPATH": os.pathsep.join([str(hook_dir), *filter(None, [os.environ.get("PYTHONPATH")])]),
+            "PYTHONPATH": os.pathsep.join(
+                [str(hook_dir), *filter(None, [os.environ.get("PYTHONPATH")])]),
             "PACSAI_TEST_FORBIDDEN_DIR": str(forbidden),
             "PACSAI_TEST_FORBIDDEN_LOG": str(self.forbidden_log),
             **config,

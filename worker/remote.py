@@ -20,6 +20,7 @@ TLS is verified against ``listener_ca_file`` (or the system's CAs).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -87,9 +88,7 @@ class ReceivingNode:
         self.token = w.listener_token.get_secret_value()
         self.timeout = w.fetch_timeout_seconds
         self.attempts = w.fetch_attempts
-        self.verify: ssl.SSLContext | bool = True
-        if w.listener_ca_file is not None:
-            self.verify = ssl.create_default_context(cafile=str(w.listener_ca_file))
+        self.verify = _tls_context(str(w.listener_ca_file) if w.listener_ca_file else None)
 
     def client(self) -> httpx.Client:
         return httpx.Client(headers={"Authorization": f"Bearer {self.token}"},
@@ -181,6 +180,12 @@ class ReceivingNode:
         raise AssertionError("unreachable")
 
 
+@functools.lru_cache(maxsize=4)
+def _tls_context(ca_file: str | None) -> ssl.SSLContext:
+    """One verifying context per CA file and process (loading CAs costs ~50 ms a time)."""
+    return ssl.create_default_context(cafile=ca_file)
+
+
 def _check(response: httpx.Response, what: str) -> None:
     code = response.status_code
     if code in RETRY_STATUS:
@@ -209,7 +214,8 @@ class _FileSink:
 
     def begin(self, headers: dict[str, str]) -> None:
         location = headers.get("content-location", "")
-        self._sop = unquote(location.rsplit("/instances/", 1)[-1]) if "/instances/" in location else ""
+        _, found, sop = location.rpartition("/instances/")
+        self._sop = unquote(sop) if found else ""
         rel = self.expected.get(self._sop)
         if rel is None:
             self._final = None  # not one this job analyses (or unnamed): skipped

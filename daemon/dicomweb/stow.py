@@ -194,14 +194,17 @@ class ResultWriter:
             outcome.sop_instance = str(ds.get("SOPInstanceUID", "")) or None
             study = str(ds.get("StudyInstanceUID", ""))
         except Exception as exc:  # noqa: BLE001 - reported as the part's failure
-            outcome.reason, outcome.why = CANNOT_UNDERSTAND, f"not a DICOM file: {type(exc).__name__}"
+            outcome.reason = CANNOT_UNDERSTAND
+            outcome.why = f"not a DICOM file: {type(exc).__name__}"
             return
         if not outcome.sop_instance or not outcome.sop_class:
             outcome.reason, outcome.why = CANNOT_UNDERSTAND, "no SOP Class or Instance UID"
         elif study != self.study_uid:
-            outcome.reason, outcome.why = STUDY_MISMATCH, "Study Instance UID differs from the URL's"
+            outcome.reason = STUDY_MISMATCH
+            outcome.why = "Study Instance UID differs from the URL's"
         elif hashlib.sha256(outcome.sop_instance.encode()).hexdigest()[:40] + ".dcm" != final.name:
-            outcome.reason, outcome.why = WRONG_PLACE, "file name does not match the SOP Instance UID"
+            outcome.reason = WRONG_PLACE
+            outcome.why = "file name does not match the SOP Instance UID"
 
 
 def response(outcomes: list[Outcome], root: str, study_uid: str) -> tuple[int, dict[str, Any]]:

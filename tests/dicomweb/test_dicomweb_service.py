@@ -9,7 +9,6 @@ import email.parser
 import email.policy
 import hashlib
 import io
-import json
 import stat
 from pathlib import Path
 from typing import Any
@@ -139,12 +138,14 @@ def test_wado_version_series_and_instance(listener: Listener, study: dict[str, A
     series = mime_parts(listener.get(f"/studies/{uid}/series/{study['ct_series']}"))
     assert len(series) == 5
     dx = study["dx"]
-    one = listener.get(f"/studies/{uid}/series/{dx.SeriesInstanceUID}/instances/{dx.SOPInstanceUID}")
+    dx_series = f"/studies/{uid}/series/{dx.SeriesInstanceUID}"
+    one = listener.get(f"{dx_series}/instances/{dx.SOPInstanceUID}")
     [part] = mime_parts(one)
     assert part.get_payload(decode=True) == listener.spool_files(uid)[str(dx.SOPInstanceUID)]
-    assert listener.get(f"/studies/{uid}/series/{dx.SeriesInstanceUID}/instances/1.2.3").status_code == 404
+    assert listener.get(f"{dx_series}/instances/1.2.3").status_code == 404
     assert listener.get("/studies/1.2.3.4").status_code == 404
-    assert listener.get(f"/studies/{uid}", headers={"Accept": "application/dicom+json"}).status_code == 406
+    json_only = {"Accept": "application/dicom+json"}
+    assert listener.get(f"/studies/{uid}", headers=json_only).status_code == 406
 
 
 def test_qido_studies_and_series(listener: Listener, study: dict[str, Any]) -> None:
@@ -175,14 +176,16 @@ def _stow(listener: Listener, study_uid: str, parts: list[tuple[str, bytes]],
     boundary = new_boundary()
     body = b"".join(f"--{boundary}\r\nContent-Type: application/dicom\r\nContent-Location: "
                     f"{loc}\r\n\r\n".encode() + data + b"\r\n" for loc, data in parts)
-    return httpx.post(f"{listener.url}/studies/{study_uid}", content=body + f"--{boundary}--\r\n".encode(),
+    body += f"--{boundary}--\r\n".encode()
+    return httpx.post(f"{listener.url}/studies/{study_uid}", content=body,
                       headers={"Authorization": f"Bearer {token or listener.token}",
                                "Content-Type": related_type(boundary)}, timeout=30)
 
 
 def _folder(listener: Listener, study_uid: str) -> str:
     with listener.db.read() as s:
-        first = s.scalar(select(Study.first_received_at).where(Study.study_instance_uid == study_uid))
+        first = s.scalar(select(Study.first_received_at)
+                         .where(Study.study_instance_uid == study_uid))
     return results_folder(listener.proc.data_dir / "results", study_uid, first.isoformat()).name
 
 
@@ -250,4 +253,3 @@ def test_stow_refuses_every_other_place(listener: Listener, study: dict[str, Any
         "Authorization": f"Bearer {listener.token}", "Content-Type": "application/dicom"}
     ).status_code == 415
     assert _stow(listener, "1.2.3.9", [(rel, data)]).status_code == 404
-    json.dumps(mixed.json())
