@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from daemon import send_cli, train_cli
+from daemon import demo_cli, send_cli, train_cli
 from daemon.cli_common import ConfigOpt, _logging, _settings, console, err
 from daemon.config import masked_dump
 from daemon.ops import commands
@@ -24,6 +24,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(studies_app, name="studies")
 commands.register(app, studies_app)
 app.command("send")(send_cli.send_command)
+app.command("demo")(demo_cli.demo_command)
 
 @config_app.command("check")
 def config_check(config: ConfigOpt = None) -> None:
