@@ -164,7 +164,9 @@ def embedded(work: Path, seed: int) -> dict[str, float]:
         db = Database(f"sqlite:///{proc.data_dir / 'pacsai.db'}")
         busy_then_queued(proc, db, seed)
         stranded = {j.id for j in jobs(db) if j.state == "queued"}
-        shutil.rmtree(proc.data_dir / "broker")
+        gone = proc.data_dir / "broker-removed"
+        (proc.data_dir / "broker").rename(gone)  # at once: the worker makes folders again
+        shutil.rmtree(gone)
         t0 = time.monotonic()
         out = {"re-sent": since(t0, lambda: stranded <= requeued(db)),
                "started": since(t0, lambda: all(j.state != "queued" for j in jobs(db)

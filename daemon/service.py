@@ -92,6 +92,7 @@ class ListenerService:
             pending=self.broker.holdings, in_flight=self.doorbell.in_flight,
             interval=w.reconcile_seconds, requeue_after=w.requeue_after_seconds,
             heartbeat_timeout=w.heartbeat_timeout_seconds, heartbeat_every=w.heartbeat_seconds,
+            confirm_after=1.0,
             max_attempts=w.max_attempts,
         )
         self.listener = Listener(settings.listener, self.spool, self.tracker)

@@ -51,6 +51,7 @@ class Reconciler:
         heartbeat_timeout: float,
         max_attempts: int,
         heartbeat_every: float | None = None,
+        confirm_after: float = 0.0,
     ) -> None:
         self.db = db
         self.send = send
@@ -65,6 +66,7 @@ class Reconciler:
         self.silent_after = (dt.timedelta(seconds=3 * heartbeat_every)
                              if heartbeat_every else self.heartbeat_timeout)
         self.max_attempts = max_attempts
+        self.confirm_after = confirm_after  # a task seen missing is looked for again this late
         self.identity: str | None = None  # the broker's, as last seen
         self.restarts = 0  # broker restarts seen
         self._stale: set[str] = set()  # unacked when a restart was seen: nobody can ack them
@@ -132,21 +134,39 @@ class Reconciler:
         self.identity = held.identity
         self._stale &= set(held.unacked)
 
-    def run_once(self, *, resend_all_queued: bool = False) -> list[int]:
-        """One pass; returns the ids of the jobs re-sent."""
-        # What is being sent right now, then the jobs' task ids, then the broker, in that
-        # order: a task id recorded before the broker was asked was sent before it, so the
-        # broker's not holding it means lost. Asked outside any write transaction: a slow or
-        # unreachable broker must never hold SQLite's write lock, which the listener needs.
+    def _observe(self) -> tuple[set[int], dict[int, tuple[str, str | None]], Holdings | None]:
+        """What is being sent right now, then the jobs' task ids, then the broker, in that
+        order: a task id recorded before the broker was asked was sent before it, so the
+        broker's not holding it means lost. Asked outside any write transaction: a slow or
+        unreachable broker must never hold SQLite's write lock, which the listener needs."""
         sending = self.in_flight() if self.in_flight is not None else set()
         with self.db.read() as session:
-            seen = dict(session.execute(select(Job.id, Job.task_id)
-                                        .where(Job.state.in_(JobState.ACTIVE))).all())
-            queues = sorted(set(session.scalars(
-                select(Job.queue).distinct().where(Job.state.in_(JobState.ACTIVE)))))
-        held = self._holdings(queues)
+            rows = session.execute(select(Job.id, Job.state, Job.task_id, Job.queue)
+                                   .where(Job.state.in_(JobState.ACTIVE))).all()
+        seen = {r.id: (r.state, r.task_id) for r in rows}
+        held = self._holdings(sorted({r.queue for r in rows}))
         if held is not None:
             self._note_identity(held)
+        return sending, seen, held
+
+    def run_once(self, *, resend_all_queued: bool = False) -> list[int]:
+        """One pass; returns the ids of the jobs re-sent."""
+        sending, seen, held = self._observe()
+        confirmed: set[int] | None = None  # None: no second look was needed
+        if held is not None and self.confirm_after > 0:
+            wall = time.time()
+            suspects = {job_id for job_id, (state, task_id) in seen.items()
+                        if state == JobState.QUEUED and job_id not in sending
+                        and self._queued_verdict(task_id, held, wall) is not None}
+            if suspects:
+                # A worker that has just taken a message holds it where the broker cannot
+                # show it (the embedded broker keeps unacked messages in the worker's memory;
+                # Redis moves it to the unacked set a moment after the pop) until its claim
+                # moves the job on. Look again: only a task missing both times is lost.
+                self._stop.wait(self.confirm_after)
+                first = seen
+                sending, seen, held = self._observe()
+                confirmed = {job_id for job_id in suspects if seen.get(job_id) == first[job_id]}
         wall = time.time()
         now = utcnow()
         resend: list[CompletedJob] = []
@@ -156,7 +176,7 @@ class Reconciler:
                 study = session.get(Study, job.study_id)
                 if study is None:
                     continue
-                if job.id in sending or job.id not in seen or seen[job.id] != job.task_id:
+                if job.id in sending or seen.get(job.id) != (job.state, job.task_id):
                     continue  # being sent, or changed while the broker was asked: next pass
                 previous = job.task_id
                 if job.state == JobState.QUEUED:
@@ -166,8 +186,8 @@ class Reconciler:
                             continue
                         reason = "no worker took the task"
                     else:
-                        reason = self._queued_verdict(job, held, wall)
-                        if reason is None:
+                        reason = self._queued_verdict(job.task_id, held, wall)
+                        if reason is None or (confirmed is not None and job.id not in confirmed):
                             continue
                 else:
                     beat = job.heartbeat_at or job.started_at or job.created_at
@@ -218,9 +238,8 @@ class Reconciler:
             return True
         return task_id in held.unacked and task_id not in held.stale and task_id not in self._stale
 
-    def _queued_verdict(self, job: Job, held: Holdings, wall: float) -> str | None:
+    def _queued_verdict(self, task_id: str | None, held: Holdings, wall: float) -> str | None:
         """Why a queued job must be re-sent, or None while its task is alive in the broker."""
-        task_id = job.task_id
         if task_id and task_id in held.waiting:
             return None  # still waiting in the broker: a resend would duplicate it
         if self._holds(held, task_id):
