@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import subprocess
+import threading
 import time
 from pathlib import Path
 from queue import Empty
@@ -229,6 +230,27 @@ def test_embedded_folder_removed_or_corrupted(tmp_path: Path) -> None:
         channel._put("infer", {"headers": {"id": "x"}, "body": ""})
     assert queue.is_dir() and [p for p in queue.parent.iterdir() if ".corrupt-" in p.name]
     assert json.loads(table.read_bytes()) == [["", "", "w1.pidbox"]]
+    db.dispose()
+
+
+def test_a_task_just_taken_by_a_worker_is_not_mistaken_for_lost(tmp_path: Path) -> None:
+    """Embedded broker: a message a worker has taken is in its memory until its claim. The
+    reconciler looks again before re-sending; a claim meanwhile means it was not lost."""
+    db, broker, dispatch, _ = _setup(tmp_path, "")
+    reconciler = Reconciler(db, dispatch, pending=broker.holdings, interval=1,
+                            requeue_after=300, heartbeat_timeout=60, max_attempts=3,
+                            confirm_after=0.5)
+    taken, lost = _job(db), _job(db)
+    for job in (taken, lost):
+        dispatch(job)
+    with make_celery(broker.settings).connection_for_read() as conn:
+        for _ in range(2):  # a worker takes both messages; it will claim one of them
+            conn.default_channel._get("infer")
+    claimer = threading.Timer(0.2, _claim, (db, taken.job_id, _task_id(db, taken.job_id)))
+    claimer.start()
+    assert reconciler.run_once() == [lost.job_id]
+    claimer.join()
+    assert taken.job_id not in _reasons(db)
     db.dispose()
 
 
