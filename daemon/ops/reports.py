@@ -220,8 +220,13 @@ def summary(db: Database, *, hours: int = 24) -> dict[str, Any]:
     now = utcnow()
     since = now - dt.timedelta(hours=hours)
     with db.read() as session:
-        finished = session.scalars(select(Event.at).where(
-            Event.kind.in_(("finished", "failed")), Event.at >= since)).all()
+        # one unit on both sides: study versions received, study versions analysed (the
+        # time of the last of their jobs to finish or fail), not jobs beside studies
+        analysed = session.execute(
+            select(Event.study_id, Event.version, func.max(Event.at))
+            .where(Event.kind.in_(("finished", "failed")), Event.at >= since)
+            .group_by(Event.study_id, Event.version)).all()
+        finished = [at for _, _, at in analysed]
         failed_events = session.scalar(select(func.count()).select_from(Event).where(
             Event.kind == "failed", Event.at >= since)) or 0
         received = session.scalars(select(Event.at).where(
@@ -246,8 +251,9 @@ def summary(db: Database, *, hours: int = 24) -> dict[str, Any]:
         "now": now.isoformat(),
         "studies_by_state": states,
         "throughput": {"hours": [b.isoformat() for b in buckets],
+                       "unit": "study versions",
                        "received": per_hour(list(received)),
-                       "finished": per_hour(list(finished))},
+                       "analysed": per_hour(list(finished))},
         "latency_seconds": {stage: {**percentiles(v), "n": len(v)}
                             for stage, v in durations.items()},
         "failures": {"failed_events_window": failed_events, "failed_jobs": failed_jobs,

@@ -143,6 +143,11 @@ def test_dashboard_in_chromium(serve: PacsaiProcess, study: dict, tmp_path: Path
     assert seen["stateText"] == "done"
     assert {"receiving", "complete", "queued", "started", "finished"} <= set(seen["timeline"])
     assert seen["external"] == [] and seen["errors"] == []
+    charts = seen["charts"]  # the queue chart spans the last 6 hours, labelled by the hour
+    assert abs(charts["queueMin"] - (charts["now"] - 6 * 3600 * 1000)) < 120_000
+    assert len(set(charts["queueTicks"])) >= 6, charts["queueTicks"]  # not "12:00 AM" on every tick
+    assert not any("AM" in t or "PM" in t for t in charts["queueTicks"] + charts["throughputTicks"])
+    assert charts["throughputSeries"] == ["studies received", "studies analysed"]  # one unit
     assert shot.stat().st_size > 10_000
     with db.session() as s:
         row = s.get(Delivery, delivery_id)

@@ -40,10 +40,18 @@ async function main() {
     return !b || b.textContent === "routed ✓";
   }, null, { timeout: 10000 });
   await page.waitForFunction(() => Chart.getChart("throughputChart") !== undefined, null, { timeout: 10000 });
+  await page.waitForFunction(() => Chart.getChart("queueChart") !== undefined, null, { timeout: 10000 });
+  const charts = await page.evaluate(() => ({
+    queueTicks: Chart.getChart("queueChart").scales.x.ticks.map((t) => t.label),
+    queueMin: Chart.getChart("queueChart").scales.x.min,
+    throughputSeries: Chart.getChart("throughputChart").data.datasets.map((d) => d.label),
+    throughputTicks: Chart.getChart("throughputChart").scales.x.ticks.map((t) => t.label),
+    now: Date.now(),
+  }));
   const health = await page.textContent("#health");
   await page.screenshot({ path: screenshot, fullPage: true });
   await context.close();
-  console.log(JSON.stringify({ stateText, timeline, health, external, errors }));
+  console.log(JSON.stringify({ stateText, timeline, health, external, errors, charts }));
 }
 
 main().catch((e) => { console.error(e); process.exit(1); });

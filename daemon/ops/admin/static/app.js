@@ -52,6 +52,7 @@ function row(tbody, cells, opts = {}) {
 function body(id) { const t = document.querySelector(`#${id} tbody`); t.replaceChildren(); return t; }
 function stateTag(s) { return el("span", s, "state " + s); }
 function time(iso) { return iso ? new Date(iso).toLocaleString() : ""; }
+function hhmm(ms) { return new Date(ms).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", hour12: false }); }
 function fmt(x, d = 3) { return x === null || x === undefined ? "–" : Number(x).toFixed(d); }
 
 function showLogin() {
@@ -97,11 +98,12 @@ async function loadSummary() {
   }
   add(s.failures.failed_jobs, "failed jobs", true);
   add(s.failures.dead_deliveries, "dead deliveries", true);
-  const labels = s.throughput.hours.map(h => new Date(h).getHours() + ":00");
+  const labels = s.throughput.hours.map(h => hhmm(new Date(h).getTime()));
   chart("throughputChart", "bar", { labels, datasets: [
-    { label: "received", data: s.throughput.received, backgroundColor: COLORS[0] },
-    { label: "finished", data: s.throughput.finished, backgroundColor: COLORS[2] },
-  ] });
+    { label: "studies received", data: s.throughput.received, backgroundColor: COLORS[0] },
+    { label: "studies analysed", data: s.throughput.analysed, backgroundColor: COLORS[2] },
+  ] }, { scales: { y: { beginAtZero: true, ticks: { precision: 0 },
+                        title: { display: true, text: "study versions per hour" } } } });
   const stages = Object.keys(s.latency_seconds);
   chart("latencyChart", "bar", { labels: stages.map(x => x.replaceAll("_", " ")), datasets:
     ["p50", "p90", "p99"].map((p, i) => ({ label: p, backgroundColor: COLORS[i],
@@ -124,10 +126,16 @@ async function loadQueues() {
     label: q, borderColor: COLORS[i % COLORS.length], backgroundColor: COLORS[i % COLORS.length],
     data: pts.map(p => ({ x: new Date(p.at).getTime(), y: p.queued + p.running })), pointRadius: 0, tension: 0.2,
   }));
+  // The axis always spans the last 6 hours (an empty history must not label epoch 0 hours).
+  const end = Date.now(), start = end - 6 * 3600 * 1000;
   chart("queueChart", "line", { datasets }, {
     parsing: true,
-    scales: { x: { type: "linear", ticks: { callback: v => new Date(v).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }) } },
-              y: { beginAtZero: true, ticks: { precision: 0 } } },
+    scales: { x: { type: "linear", min: start, max: end,
+                   ticks: { stepSize: 3600 * 1000, callback: v => hhmm(v) } },
+              y: { beginAtZero: true, suggestedMax: 1, ticks: { precision: 0 },
+                   title: { display: true, text: "jobs queued + running" } } },
+    plugins: { subtitle: { display: !datasets.some(d => d.data.length),
+                           text: "no samples yet (the listener samples every minute)" } },
   });
 }
 
