@@ -132,6 +132,11 @@ class DestinationSettings(_Section):
     calling_ae_title: str | None = None
     tls: TLSSettings = Field(default_factory=TLSSettings)
     sr_sop_class: Literal["comprehensive3d", "comprehensive"] = "comprehensive3d"
+    heatmaps: list[Literal["sc", "pm"]] = Field(
+        default_factory=lambda: ["sc", "pm"],
+        description="The heatmap forms this destination gets: 'sc' (secondary capture, every "
+                    "viewer shows it), 'pm' (Parametric Map, IHE AIR's primitive, overlaid by "
+                    "OHIF; written for cross-sectional sources only).")
 
     _ae = field_validator("ae_title")(_check_ae_title)
 
@@ -151,7 +156,7 @@ class PipelineSettings(_Section):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,47}$")
     model: str = Field(description="Model folder name (under the model folders) or a path.")
-    outputs: list[Literal["sr", "sc", "pm"]] = Field(default_factory=lambda: ["sr", "sc"])
+    outputs: list[Literal["sr", "sc", "pm"]] = Field(default_factory=lambda: ["sr", "sc", "pm"])
     top_k: int = Field(3, ge=1, le=100, description="Heatmap SCs per finding (multi-slice).")
     modalities: list[str] | None = Field(
         None, description="Modalities analysed; default: the model manifest's intended ones.")

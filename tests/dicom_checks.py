@@ -20,6 +20,9 @@ ACCEPTED_WARNINGS = {
     "Warning - Attribute is not present in standard DICOM IOD - (0x0018,0x1002) UI Device UID",
     "Warning - Dicom dataset contains attributes not present in standard DICOM IOD - this is a "
     "Standard Extended SOP Class",
+    # Parametric Map: this dicom3tools does not know the defined term QUANTITY (PS3.3 C.8.32)
+    "Warning - Unrecognized defined term <QUANTITY> for value 4 of attribute <Image Type>",
+    "Warning - Unrecognized defined term <QUANTITY> for value 4 of attribute <Frame Type>",
 }
 
 

@@ -143,7 +143,7 @@ def write_objects(settings: Settings, pipeline: PipelineSettings, result: Analys
             try:
                 keep(write_parametric_map(result, finding, sources, finding_index=index), "pm")
             except UnsupportedSource as exc:
-                log.warning("no parametric map for this study: %s", exc)
+                log.info("no parametric map for this finding: %s", exc)  # CR/DX: SC only
     return written
 
 
@@ -182,6 +182,8 @@ def record_outputs(session: Session, study: Study, settings: Settings, *, versio
             if obj.role == "sr" and dest.sr_sop_class == "comprehensive":
                 continue
             if obj.role == "sr-88.33" and dest.sr_sop_class != "comprehensive":
+                continue
+            if obj.role in ("sc", "pm") and obj.role not in dest.heatmaps:
                 continue
             if (dest.name, obj.sop_instance_uid) in have:
                 continue

@@ -121,6 +121,8 @@ def write_parametric_map(
         series_description=f"{algo.name} map - {options.disclaimer}"[:64],
         specific_character_set=charset.CONSTRUCTION_CHARACTER_SET,
     )
+    if headers[0].get("BodyPartExamined"):  # General Series, as the SC carries it
+        pm.BodyPartExamined = headers[0].BodyPartExamined
     if "Laterality" not in pm and not headers[0].get("BodyPartExamined"):
         pm.Laterality = ""  # Type 2C, unknown (as for the SC)
     charset.apply_output_character_set(pm, headers[0])

@@ -94,3 +94,33 @@ def test_full_disk_while_writing_results_leaves_nothing(small_tmpfs: Callable[[s
     written = write_objects(settings, pipeline, _result(ds), [ds])
     assert_valid_dicom([w.path for w in written])
     assert all(oct(w.path.stat().st_mode & 0o777) == "0o600" for w in written)
+
+
+def test_each_destination_gets_the_heatmap_forms_it_asks_for(db: Database, db_url: str,
+                                                             tmp_path: Path) -> None:
+    from dicom_io.synthetic_study import ct_series
+
+    settings = Settings(storage={"data_dir": tmp_path}, database={"url": db_url}, destinations=[
+        {"name": "pacs", "ae_title": "PACS", "host": "h", "port": 1, "heatmaps": ["sc"]},
+        {"name": "ohif", "ae_title": "OHIF", "host": "h", "port": 2, "heatmaps": ["pm"]},
+        {"name": "both", "ae_title": "BOTH", "host": "h", "port": 3},
+    ])
+    pipeline = PipelineSettings(name="anomaly", model="m")  # default outputs: sr, sc, pm
+    ct, = ct_series(1, 64, seed=4)  # cross-sectional: a Parametric Map can be written validly
+    written = write_objects(settings, pipeline, _result(ct), [ct])
+    pm = "1.2.840.10008.5.1.4.1.1.30"
+    assert {w.sop_class_uid for w in written} == {SR_3D, SC, pm}
+    assert_valid_dicom([w.path for w in written])
+    now = utcnow()
+    with db.session() as s:
+        study = Study(study_instance_uid=ct.StudyInstanceUID, version=1, state="processing",
+                      version_started_at=now, first_received_at=now, last_received_at=now)
+        s.add(study)
+        s.flush()
+        record_outputs(s, study, settings, version=1, job_id=None, model_name="m",
+                       model_version="1", backend="onnxruntime", result=_result(ct),
+                       written=written, inference_ms=1.0, images=1)
+    with db.read() as s:
+        rows = {(d.destination, d.sop_class_uid) for d in s.scalars(select(Delivery))}
+    assert rows == {("pacs", SR_3D), ("pacs", SC), ("ohif", SR_3D), ("ohif", pm),
+                    ("both", SR_3D), ("both", SC), ("both", pm)}
