@@ -27,8 +27,15 @@ app.command("send")(send_cli.send_command)
 app.command("demo")(demo_cli.demo_command)
 
 @config_app.command("check")
-def config_check(config: ConfigOpt = None) -> None:
-    """Validate the configuration and print it (secrets masked)."""
+def config_check(
+    config: ConfigOpt = None,
+    reach: Annotated[Optional[bool], typer.Option(
+        "--reach/--no-reach", help="Also connect to the database, the broker and (on a worker "
+        "host) the receiving node; default: on a worker host (worker.listener_url set).")] = None,
+) -> None:
+    """Validate the configuration and print it (secrets masked); exit 3 if something named in
+    it cannot be reached."""
+    from daemon.ops.reachability import reach as reach_all
     from daemon.routing.rules import check_rules
 
     settings = _settings(config)
@@ -37,6 +44,14 @@ def config_check(config: ConfigOpt = None) -> None:
                               [d.name for d in settings.destinations])
     for warning in warnings:
         err.print(f"[yellow]warning:[/yellow] {warning}")
+    if reach is None:
+        reach = settings.worker.listener_url is not None
+    if reach:
+        checks = reach_all(settings)
+        for c in checks:
+            err.print(f"{'[green]ok[/green]  ' if c.ok else '[red]FAIL[/red]'} {c.name}: {c.detail}")
+        if not all(c.ok for c in checks):
+            raise typer.Exit(3)
 
 
 @db_app.command("upgrade")
