@@ -19,11 +19,12 @@ install: system-deps $(STAMP)
 system-deps:
 	@scripts/install-system-deps.sh
 
-$(STAMP): pyproject.toml tests/ops/browser/package-lock.json
+$(STAMP): pyproject.toml tests/ops/browser/package-lock.json tests/viewer/package-lock.json
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
 	npm ci --no-audit --no-fund --silent --prefix tests/ops/browser
+	npm ci --no-audit --no-fund --silent --prefix tests/viewer
 	touch $(STAMP)
 
 services:
