@@ -7,7 +7,8 @@ structure OHIF 3.13 needs without a browser; drawing in a real viewer is the bro
 test's business.
 
 Needs node and the viewer's dist folder: ``PACSAI_OHIF_DIST`` (e.g. ``package/dist`` of
-``npm pack @ohif/app@3.13.2``), or ``node_modules/@ohif/app/dist`` or
+``npm pack @ohif/app@3.13.2``), ``tests/viewer/node_modules/@ohif/app/dist`` (``make install``),
+``node_modules/@ohif/app/dist`` or
 ``.cache/ohif/package/dist`` in the repository; skipped otherwise.
 """
 
@@ -36,8 +37,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _ohif_dist() -> Path | None:
-    candidates = [os.environ.get("PACSAI_OHIF_DIST"), REPO / "node_modules/@ohif/app/dist",
-                  REPO / ".cache/ohif/package/dist"]
+    candidates = [os.environ.get("PACSAI_OHIF_DIST"),
+                  REPO / "tests/viewer/node_modules/@ohif/app/dist",  # what make install puts there
+                  REPO / "node_modules/@ohif/app/dist", REPO / ".cache/ohif/package/dist"]
     for candidate in candidates:
         if candidate and (Path(candidate) / "index.html").is_file():
             return Path(candidate)
