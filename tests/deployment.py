@@ -41,11 +41,12 @@ FAST = {
     "PACSAI_STUDY__POLL_SECONDS": "0.05",
 }
 
+# Both demo models with their default outputs (SR, SC, and a Parametric Map where the source has a
+# Frame of Reference), CT allowed (the models are meant for CR/DX; CT slices go through them
+# here to exercise a many-instance study)
 PIPELINES = [
-    {"name": "cxr-classifier", "model": "chest-cxr-classifier", "outputs": ["sr", "sc"],
-     "modalities": ["CR", "DX", "CT"]},
-    {"name": "cxr-anomaly", "model": "chest-cxr-anomaly", "outputs": ["sr", "sc"],
-     "modalities": ["CR", "DX", "CT"]},
+    {"name": "cxr-classifier", "model": "chest-cxr-classifier", "modalities": ["CR", "DX", "CT"]},
+    {"name": "cxr-anomaly", "model": "chest-cxr-anomaly", "modalities": ["CR", "DX", "CT"]},
 ]
 
 
