@@ -128,6 +128,35 @@ def test_postgres_and_redis_on_the_receiver(net: Network) -> None:
     assert redis.cli("ping") == "PONG"
 
 
+def test_postgres_drops_a_vanished_hosts_transaction(net: Network) -> None:
+    """A worker host that loses power inside a transaction, with a reply of PostgreSQL's still in
+    flight to it, holds its row locks until the server gives up on the connection: the harness's
+    server does so in seconds (tcp_user_timeout; TCP alone retransmits for ~15 minutes), so the
+    other hosts' inserts of the same keys go on."""
+    recv, w1 = net.host("recv"), net.host("w1", isolated=True)
+    pg = Postgres(recv).start()
+    pg.psql("CREATE TABLE t (k int PRIMARY KEY)")
+    code = textwrap.dedent(f"""
+        import psycopg
+        c = psycopg.connect("host={recv.address} user=postgres dbname=postgres")
+        c.execute("INSERT INTO t VALUES (1)")  # uncommitted: its key stays locked
+        print("inserted", flush=True)
+        while True:  # replies of 20 MB: some of one is always unacknowledged
+            c.execute("SELECT repeat('x', 20000000)").fetchone()
+    """)
+    w1.start([sys.executable, "-c", code], log="client")
+    deadline = time.monotonic() + 30
+    while "inserted" not in w1.log("client"):
+        assert time.monotonic() < deadline, w1.log("client")
+        time.sleep(0.05)
+    time.sleep(0.5)
+    w1.power_off()
+    t0 = time.monotonic()
+    out = pg.psql("INSERT INTO t VALUES (1) ON CONFLICT DO NOTHING RETURNING k")
+    assert out.strip() == "1"  # w1's insert was rolled back, ours went in
+    assert time.monotonic() - t0 < 15
+
+
 def test_power_off_kills_every_process_and_cuts_the_link(net: Network) -> None:
     recv, w1 = net.host("recv"), net.host("w1", isolated=True)
     _listen(recv, 7001)
