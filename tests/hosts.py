@@ -149,9 +149,12 @@ def _hidden_paths() -> tuple[str, list[str]] | None:
     blocked: dict[str, set[str]] = {}
     for path in needed:
         parts = path.parts
-        for depth in range(1, len(parts)):
+        for depth in range(1, len(parts) + 1):
             folder = Path(*parts[:depth])
             if not folder.stat().st_mode & stat.S_IXOTH:
+                if depth == len(parts):
+                    raise HostsUnavailable(f"{folder} is not open to other users: the hosts' "
+                                           "users could not run the test's Python from it")
                 blocked.setdefault(str(folder), set()).add(str(Path(*parts[:depth + 1])))
                 break
     if not blocked:
