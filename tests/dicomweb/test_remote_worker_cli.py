@@ -20,6 +20,11 @@ URL = "http://127.0.0.1:9/dicomweb"
 def worker_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     for key in [k for k in os.environ if k.startswith("PACSAI_")]:
         monkeypatch.delenv(key)
+    for key in ("LISTENER_URL", "LISTENER_TOKEN", "LISTENER_CA_FILE"):
+        # the CLI sets these in os.environ itself: recorded here, so monkeypatch's undo (the
+        # last teardown) removes them whatever the test did in between
+        monkeypatch.setenv(f"PACSAI_WORKER__{key}", "")  # (delenv of an absent key records
+        monkeypatch.delenv(f"PACSAI_WORKER__{key}")      # nothing to undo)
     monkeypatch.setenv("PACSAI_STORAGE__DATA_DIR", str(tmp_path))
     monkeypatch.setenv("PACSAI_BROKER__URL", "redis://127.0.0.1:9/0")
     monkeypatch.setenv("PACSAI_DATABASE__URL", "postgresql://x@127.0.0.1:9/x")

@@ -205,7 +205,7 @@ def test_after_a_fuzz_run_a_valid_peer_is_served_and_resources_come_back(tmp_pat
         threads, rss = _threads(proc), _rss_mb(proc)
         fuzz = Fuzzer(proc.port, files, tmp_path, seed=7)
         fuzz.run(12, 4)
-        assert sum(fuzz.sent.values()) > 100 and len(fuzz.sent) == len(Fuzzer.KINDS)
+        assert sum(fuzz.sent.values()) >= 50 and len(fuzz.sent) == len(Fuzzer.KINDS)  # every kind
         ended = time.monotonic()
         wait_until(lambda: echo(proc.port), 5)  # refused for 27 s after a fuzz run before
         assert time.monotonic() - ended < 5
