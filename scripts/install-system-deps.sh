@@ -12,6 +12,8 @@ command -v chromium  >/dev/null || need+=(chromium)
 command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v node >/dev/null || need+=(nodejs npm)
 command -v openssl >/dev/null || need+=(openssl)
+command -v nft >/dev/null || need+=(nftables)   # the multi-host test narrows worker hosts' egress
+command -v ip >/dev/null || need+=(iproute2)
 [ ${#need[@]} -eq 0 ] && exit 0
 echo "installing Debian packages: ${need[*]}"
 SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
