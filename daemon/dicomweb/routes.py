@@ -25,10 +25,17 @@ def _json(body: Any, status_code: int = 200) -> JSONResponse:
 
 
 def make_router(settings: Settings, db: Database) -> APIRouter:
+    """The /dicomweb routes, each behind the DICOMweb token."""
     auth = DicomwebAuth(settings)
     stow.clear_staging(settings.results_dir)
     router = APIRouter(prefix=PREFIX, tags=["dicomweb"], dependencies=[Depends(auth)])
+    _wado_routes(router, settings, db)
+    _qido_routes(router, db)
+    _stow_route(router, settings, db)
+    return router
 
+
+def _wado_routes(router: APIRouter, settings: Settings, db: Database) -> None:
     def retrieve(request: Request, study: str, version: int | None, series: str | None = None,
                  sop: str | None = None) -> StreamingResponse:
         try:
@@ -64,6 +71,8 @@ def make_router(settings: Settings, db: Database) -> APIRouter:
                           version: Version = None) -> StreamingResponse:
         return retrieve(request, study, version, series, sop)
 
+
+def _qido_routes(router: APIRouter, db: Database) -> None:
     @router.get("/studies", summary="QIDO-RS: search for studies")
     def search_studies(
             StudyInstanceUID: str | None = None, PatientID: str | None = None,
@@ -84,6 +93,8 @@ def make_router(settings: Settings, db: Database) -> APIRouter:
             raise HTTPException(status.HTTP_404_NOT_FOUND, "no such study")
         return _json(found)
 
+
+def _stow_route(router: APIRouter, settings: Settings, db: Database) -> None:
     @router.post("/studies/{study}", summary="STOW-RS: a remote worker's result objects")
     async def store(request: Request, study: str) -> JSONResponse:
         try:
@@ -117,5 +128,3 @@ def make_router(settings: Settings, db: Database) -> APIRouter:
             writer.abort()  # a part still open (the body broke off) leaves nothing
         code, answer = stow.response(writer.outcomes, PREFIX, study)
         return _json(answer, code)
-
-    return router
