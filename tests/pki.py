@@ -34,3 +34,18 @@ def _tls_client(certs: Path, with_cert: bool) -> ssl.SSLContext:
     if with_cert:
         ctx.load_cert_chain(str(certs / "client.pem"), str(certs / "client.key"))
     return ctx
+
+
+def tls_echo(port: int, certs: Path) -> bool:
+    """A C-ECHO over mutual TLS with the client certificate of ``certs``."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+    ae = AE(ae_title="TLSSCU")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", port, ae_title="PACSAI",
+                         tls_args=(_tls_client(certs, True), "localhost"))
+    ok = assoc.is_established
+    if ok:
+        assoc.release()
+    return ok

@@ -145,12 +145,3 @@ class Listener:
         if self._server is not None:
             self._server.shutdown()
             self._server = None
-
-    @property
-    def port(self) -> int:
-        return int(self._server.server_address[1]) if self._server else self.settings.port
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server = None

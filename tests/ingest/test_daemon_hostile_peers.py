@@ -17,13 +17,13 @@ import pytest
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 from pynetdicom import AE
-from pynetdicom.sop_class import CTImageStorage, MRImageStorage, Verification  # type: ignore[attr-defined]
+from pynetdicom.sop_class import CTImageStorage, MRImageStorage  # type: ignore[attr-defined]
 
 from dicom_io.synthetic_study import ct_series, write_series
 from pacsai_process import PacsaiProcess, echo, wait_until
 from hostile import (ATTACKER, Fuzzer, associate_raw, association_request, c_store_command,
                      connect_from_attacker, held_connections, p_data)
-from pki import _tls_client, certs  # noqa: F401 - fixture
+from pki import certs, tls_echo  # noqa: F401 - fixture
 
 def _threads(proc: PacsaiProcess) -> int:
     assert proc.proc is not None
@@ -111,24 +111,13 @@ def test_a_tls_port_is_not_held_by_a_silent_handshake(tmp_path: Path, certs: Pat
            "PACSAI_LISTENER__TLS__KEY_FILE": str(certs / "server.key"),
            "PACSAI_LISTENER__TLS__CA_FILE": str(certs / "ca.pem")}
     with PacsaiProcess(tmp_path / "data", command="listener", config=cfg,
-                       ready=lambda port: _tls_echo(port, certs)) as proc:
+                       ready=lambda port: tls_echo(port, certs)) as proc:
         silent = [connect_from_attacker(proc.port) for _ in range(5)]  # TCP up, no ClientHello
         started = time.monotonic()
-        assert _tls_echo(proc.port, certs)  # the accept loop did not wait on them
+        assert tls_echo(proc.port, certs)  # the accept loop did not wait on them
         assert time.monotonic() - started < 5
         for s in silent:
             s.close()
-
-
-def _tls_echo(port: int, certs: Path) -> bool:
-    ae = AE(ae_title="TLSSCU")
-    ae.add_requested_context(Verification)
-    assoc = ae.associate("127.0.0.1", port, ae_title="PACSAI",
-                         tls_args=(_tls_client(certs, True), "localhost"))
-    ok = assoc.is_established
-    if ok:
-        assoc.release()
-    return ok
 
 
 def test_a_data_set_of_another_sop_class_than_the_command_is_refused(tmp_path: Path) -> None:

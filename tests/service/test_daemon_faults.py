@@ -13,7 +13,7 @@ from sqlalchemy import select
 from daemon.store.models import Instance
 from dicom_io.synthetic_study import ct_series, write_series
 from pacsai_process import PacsaiProcess, echo, wait_until
-from pki import _tls_client, certs  # noqa: F401 - fixture
+from pki import _tls_client, certs, tls_echo  # noqa: F401 - fixture
 from test_daemon_e2e import ONE_PIPELINE, assert_indexed, db_of, storescu, study_row, wait_done
 
 
@@ -41,18 +41,8 @@ def test_mutual_tls(tmp_path: Path, certs: Path) -> None:
         "PACSAI_LISTENER__TLS__CA_FILE": str(certs / "ca.pem"),
     }
 
-    def tls_echo(port: int) -> bool:
-        ae = AE(ae_title="TLSSCU")
-        ae.add_requested_context(Verification)
-        assoc = ae.associate("127.0.0.1", port, ae_title="PACSAI",
-                             tls_args=(_tls_client(certs, True), "localhost"))
-        ok = assoc.is_established
-        if ok:
-            assoc.release()
-        return ok
-
     with PacsaiProcess(tmp_path / "data", command="serve", config={**cfg, **ONE_PIPELINE},
-                       ready=tls_echo) as proc:
+                       ready=lambda port: tls_echo(port, certs)) as proc:
         ae = AE(ae_title="TLSSCU")
         ae.add_requested_context(CTImageStorage)
         datasets = list(ct_series(2, 32))
