@@ -62,6 +62,10 @@ class RemoteError(RuntimeError):
     """The receiving node cannot give or take what the job needs (after any retries)."""
 
 
+class StaleAttempt(RemoteError):
+    """The receiving node refused the results: the job is no longer this attempt's."""
+
+
 class _Retry(Exception):
     """This try failed in a way another try may not."""
 
@@ -129,12 +133,15 @@ class ReceivingNode:
         return FetchReport(report.instances, report.bytes, report.seconds, tries)
 
     # -- STOW-RS --------------------------------------------------------------------------------
-    def store_results(self, study_uid: str, objects: list[tuple[Path, str]]) -> int:
-        """Store result files on the receiving node (``(local path, path under results/)``);
-        returns how many it holds. RemoteError if it refused any."""
+    def store_results(self, study_uid: str, objects: list[tuple[Path, str]], *,
+                      job_id: int, attempt: int) -> int:
+        """Store result files on the receiving node (``(local path, path under results/)``)
+        as attempt ``attempt`` of job ``job_id`` (the node's fence); returns how many it
+        holds. StaleAttempt if the job is no longer that attempt's, RemoteError if it
+        refused any."""
         if not objects:
             return 0
-        url = f"{self.url}/studies/{quote(study_uid, safe='.')}"
+        url = f"{self.url}/studies/{quote(study_uid, safe='.')}?job={job_id}&attempt={attempt}"
 
         def once() -> int:
             boundary = new_boundary()
@@ -147,6 +154,9 @@ class ReceivingNode:
                                                     "Accept": "application/dicom+json"})
             except httpx.TransportError as exc:
                 raise _Retry(f"storing the results broke off: {exc}") from exc
+            if response.status_code == 412:
+                raise StaleAttempt(f"the receiving node refused the results of job {job_id} "
+                                   f"attempt {attempt}: the job is no longer this attempt's")
             if response.status_code in (202, 409):
                 failed = response.json().get("00081198", {}).get("Value", [])
                 reasons = sorted({f"0x{item.get('00081197', {}).get('Value', [0])[0]:04X}"
@@ -301,11 +311,14 @@ def fetch(settings: Settings, db: Database, study_id: int, study_uid: str, versi
     return copy
 
 
-def store(settings: Settings, study_uid: str, paths: list[Path]) -> int:
-    """STOW the job's result files to the receiving node, at their path under results/."""
+def store(settings: Settings, study_uid: str, paths: list[Path], *, job_id: int,
+          attempt: int) -> int:
+    """STOW the job's result files to the receiving node, at their path under results/,
+    fenced by the job's attempt (:class:`StaleAttempt` when it no longer holds the job)."""
     results = settings.results_dir
     return ReceivingNode(settings).store_results(
-        study_uid, [(p, p.relative_to(results).as_posix()) for p in paths])
+        study_uid, [(p, p.relative_to(results).as_posix()) for p in paths],
+        job_id=job_id, attempt=attempt)
 
 
 def remove_local(settings: Settings, paths: list[Path]) -> None:

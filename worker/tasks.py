@@ -143,7 +143,11 @@ def _run(db: Database, job: Job, owner: jobs.Owner, lost: threading.Event | None
         if far:  # the results must be on the receiving node before the outbox points at them
             if lost is not None and lost.is_set():
                 raise jobs.LostOwnership(owner)
-            remote.store(settings, study_uid, [w.path for w in written])
+            try:
+                remote.store(settings, study_uid, [w.path for w in written],
+                             job_id=job.id, attempt=owner.attempt)
+            except remote.StaleAttempt:
+                raise jobs.LostOwnership(owner) from None
         t = analysis.timings
         reasons = Counter(s.reason for s in result.skipped)
         detail: dict[str, object] = {

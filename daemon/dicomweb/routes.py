@@ -96,7 +96,10 @@ def _qido_routes(router: APIRouter, db: Database) -> None:
 
 def _stow_route(router: APIRouter, settings: Settings, db: Database) -> None:
     @router.post("/studies/{study}", summary="STOW-RS: a remote worker's result objects")
-    async def store(request: Request, study: str) -> JSONResponse:
+    async def store(request: Request, study: str,
+                    job: Annotated[int, Query(ge=1, description="The job these results are of")],
+                    attempt: Annotated[int, Query(ge=1, description="Its attempt (the fence)")],
+                    ) -> JSONResponse:
         try:
             boundary = boundary_of(request.headers.get("content-type", ""))
         except MultipartError as exc:
@@ -109,8 +112,15 @@ def _stow_route(router: APIRouter, settings: Settings, db: Database) -> None:
             folders = await anyio.to_thread.run_sync(stow.study_folder_names, settings, db, study)
         except stow.UnknownStudy:
             raise HTTPException(status.HTTP_404_NOT_FOUND, "no such study") from None
+        def holds() -> bool:
+            return stow.attempt_holds(db, study, job, attempt)
+
+        if not await anyio.to_thread.run_sync(holds):
+            raise HTTPException(status.HTTP_412_PRECONDITION_FAILED,
+                                f"job {job} is not running under attempt {attempt} (re-queued "
+                                "or cancelled): its results are not taken")
         writer = stow.ResultWriter(settings.results_dir, study, folders,
-                                   fsync=settings.storage.fsync == "always")
+                                   fsync=settings.storage.fsync == "always", holds=holds)
         reader = PartReader(boundary, writer)
         limit, seen = settings.dicomweb.max_stow_bytes, 0
         try:
@@ -126,5 +136,9 @@ def _stow_route(router: APIRouter, settings: Settings, db: Database) -> None:
             raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from None
         finally:
             writer.abort()  # a part still open (the body broke off) leaves nothing
+        if writer.stale:
+            raise HTTPException(status.HTTP_412_PRECONDITION_FAILED,
+                                f"job {job} lost attempt {attempt} while its results came in: "
+                                "the rest are not taken")
         code, answer = stow.response(writer.outcomes, PREFIX, study)
         return _json(answer, code)

@@ -12,6 +12,12 @@ results folder, and the object's Study and SOP Instance UIDs match the URL and t
 name. It is streamed to a temporary file in ``results/.stow``, fsynced, checked, renamed
 into place and the folder fsynced (``daemon.ingest.durable``): whole or absent. Others are
 listed in the answer's FailedSOPSequence with a reason; nothing is written for them.
+
+Fenced by the job's attempt: the request names its job and attempt (``?job=&attempt=``),
+and is refused (412) unless that job of that study is running under that attempt, checked
+when the request starts and again before each part is renamed into place. A worker host
+that comes back after its job was handed on cannot replace the files of the attempt that
+now holds the job (result UIDs are deterministic, so both attempts write the same names).
 """
 
 from __future__ import annotations
@@ -25,13 +31,15 @@ from pathlib import Path
 from typing import Any
 
 from pydicom import dcmread
+from collections.abc import Callable
+
 from sqlalchemy import select
 
 from daemon.config import Settings
 from daemon.ingest.durable import AtomicFile, fsync_dirs
 from daemon.ingest.spool import results_folder
 from daemon.store.db import Database
-from daemon.store.models import Study
+from daemon.store.models import Job, JobState, Study
 from dicom_io.multipart import DICOM, parse_content_type
 
 log = logging.getLogger(__name__)
@@ -52,6 +60,20 @@ STAGING = ".stow"  # parts being received, beside the results (same file system:
 
 class UnknownStudy(LookupError):
     pass
+
+
+class StaleAttempt(RuntimeError):
+    """The request's job is not running under its attempt any more (handed on, cancelled)."""
+
+
+def attempt_holds(db: Database, study_uid: str, job_id: int, attempt: int) -> bool:
+    """Whether job ``job_id`` of the study ``study_uid`` is running under ``attempt``."""
+    with db.read() as session:
+        row = session.execute(
+            select(Job.id).join(Study, Study.id == Job.study_id)
+            .where(Job.id == job_id, Job.state == JobState.RUNNING, Job.attempts == attempt,
+                   Study.study_instance_uid == study_uid)).first()
+    return row is not None
 
 
 def clear_staging(results_dir: Path, older_than: float = 3600.0) -> int:
@@ -99,7 +121,9 @@ class ResultWriter:
     study_uid: str
     folders: set[str]
     fsync: bool = True
+    holds: Callable[[], bool] | None = None  # the fence, asked before each part is placed
     outcomes: list[Outcome] = field(default_factory=list)
+    stale: bool = False  # a part found the attempt no longer holding its job
     _out: AtomicFile | None = None
     _current: Outcome | None = None
 
@@ -108,6 +132,8 @@ class ResultWriter:
         self._current = outcome = Outcome(location=headers.get("content-location"))
         self._out = None
         mime, _ = parse_content_type(headers.get("content-type", ""))
+        if self.stale:
+            return self._fail(PROCESSING_FAILURE, "the job is no longer this attempt's")
         if mime != DICOM:
             return self._fail(CANNOT_UNDERSTAND, f"part is {mime}, not {DICOM}")
         final = self._place(outcome.location or "")
@@ -144,6 +170,9 @@ class ResultWriter:
         try:
             out.close()
             self._check(out.tmp, out.final, outcome)
+            if outcome.reason is None and self.holds is not None and not self.holds():
+                self.stale = True
+                outcome.reason, outcome.why = PROCESSING_FAILURE, "the job is no longer this attempt's"
             if outcome.reason is None:
                 folder = out.final.parent
                 new = [p for p in (folder, folder.parent, folder.parent.parent) if not p.is_dir()]

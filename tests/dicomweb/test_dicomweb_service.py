@@ -16,13 +16,15 @@ from typing import Any
 import httpx
 import pytest
 from pydicom import dcmread
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from daemon.ingest.spool import results_folder
 from daemon.store.db import Database
-from daemon.store.models import Instance, Study
+from daemon.store.models import Instance, Job, JobState, Study, utcnow
 from dicom_io.multipart import new_boundary, related_type
 from dicom_io.synthetic_study import ct_series, radiograph
+from daemon.config import load_settings
+from worker.remote import ReceivingNode, StaleAttempt
 from pacsai_process import PacsaiProcess, free_port, wait_until
 from peers import send_datasets
 
@@ -35,6 +37,16 @@ class Listener:
         self.url = f"http://127.0.0.1:{admin_port}/dicomweb"
         self.token = (proc.data_dir / "dicomweb-token").read_text().strip()
         self.db = Database(f"sqlite:///{proc.data_dir / 'pacsai.db'}")
+        self._jobs: dict[str, int] = {}
+
+    def stow_job(self, study_uid: str) -> int:
+        """The running job (attempt 2) the tests' STOW requests name for this study."""
+        if study_uid not in self._jobs:
+            known = self.db.read()
+            with known as s:
+                exists = s.scalar(select(Study.id).where(Study.study_instance_uid == study_uid))
+            self._jobs[study_uid] = _running_job(self, study_uid) if exists else 1
+        return self._jobs[study_uid]
 
     def get(self, path: str, token: str | None = "", **kw: Any) -> httpx.Response:
         token = self.token if token == "" else token
@@ -171,13 +183,31 @@ def _result(study_uid: str) -> tuple[str, bytes]:
     return str(ds.SOPInstanceUID), buf.getvalue()
 
 
+def _running_job(listener: Listener, study_uid: str, attempt: int = 2) -> int:
+    """A job of the study running under ``attempt`` (what a remote worker's STOW names); its
+    heartbeat is far ahead so the listener's reconciler leaves it alone."""
+    with listener.db.session() as s:
+        study_id = s.scalar(select(Study.id).where(Study.study_instance_uid == study_uid))
+        later = utcnow().replace(year=utcnow().year + 1)
+        n = s.scalar(select(func.count()).select_from(Job).where(Job.study_id == study_id))
+        job = Job(study_id=study_id, version=1, pipeline=f"stow-test-{n}", state=JobState.RUNNING,
+                  queue="infer", attempts=attempt, queued_at=utcnow(), started_at=utcnow(),
+                  heartbeat_at=later, task_id=f"stow-test-{attempt}")
+        s.add(job)
+        s.flush()
+        return job.id
+
+
 def _stow(listener: Listener, study_uid: str, parts: list[tuple[str, bytes]],
-          token: str | None = None) -> httpx.Response:
+          token: str | None = None, fence: tuple[int, int] | None = None) -> httpx.Response:
     boundary = new_boundary()
     body = b"".join(f"--{boundary}\r\nContent-Type: application/dicom\r\nContent-Location: "
                     f"{loc}\r\n\r\n".encode() + data + b"\r\n" for loc, data in parts)
     body += f"--{boundary}--\r\n".encode()
+    if fence is None:
+        fence = (listener.stow_job(study_uid), 2)
     return httpx.post(f"{listener.url}/studies/{study_uid}", content=body,
+                      params={"job": fence[0], "attempt": fence[1]},
                       headers={"Authorization": f"Bearer {token or listener.token}",
                                "Content-Type": related_type(boundary)}, timeout=30)
 
@@ -240,7 +270,8 @@ def test_stow_refuses_every_other_place(listener: Listener, study: dict[str, Any
     assert not list(tmp_path.parent.glob(f"*/{name}")) and not (Path("/etc") / name).exists()
     # a body cut off half-way stores nothing and is a 400
     boundary = new_boundary()
-    cut = httpx.post(f"{listener.url}/studies/{uid}", content=(
+    cut = httpx.post(f"{listener.url}/studies/{uid}", params={
+        "job": listener.stow_job(uid), "attempt": 2}, content=(
         f"--{boundary}\r\nContent-Type: application/dicom\r\nContent-Location: "
         f"{folder}/v3/p/{name}\r\n\r\n").encode() + data[:100],
         headers={"Authorization": f"Bearer {listener.token}",
@@ -249,7 +280,44 @@ def test_stow_refuses_every_other_place(listener: Listener, study: dict[str, Any
     assert not (listener.proc.data_dir / "results" / folder / "v3").exists()
     assert not list((listener.proc.data_dir / "results" / ".stow").iterdir())  # nothing left
     # not multipart at all, and an unknown study
-    assert httpx.post(f"{listener.url}/studies/{uid}", content=data, headers={
+    assert httpx.post(f"{listener.url}/studies/{uid}", params={
+        "job": listener.stow_job(uid), "attempt": 2}, content=data, headers={
         "Authorization": f"Bearer {listener.token}", "Content-Type": "application/dicom"}
     ).status_code == 415
     assert _stow(listener, "1.2.3.9", [(rel, data)]).status_code == 404
+
+
+def test_stow_is_fenced_by_the_job_attempt(listener: Listener, study: dict[str, Any],
+                                           tmp_path: Path) -> None:
+    """A worker host that comes back after its job was handed on cannot replace the files of
+    the attempt that holds the job now: its STOW names an attempt that no longer runs."""
+    uid = study["uid"]
+    sop, data = _result(uid)
+    name = hashlib.sha256(sop.encode()).hexdigest()[:40] + ".dcm"
+    rel = f"{_folder(listener, uid)}/v1/stow-fence/{name}"
+    stored = listener.proc.data_dir / "results" / rel
+    job = _running_job(listener, uid, attempt=3)
+    for fence in ((job, 2), (job, 4), (999999, 3)):  # an attempt that was, one to come, no job
+        stale = _stow(listener, uid, [(rel, data)], fence=fence)
+        assert stale.status_code == 412, stale.text
+        assert "not running under attempt" in stale.json()["detail"]
+    assert not stored.exists()
+    other = _running_job(listener, uid, attempt=1)
+    with listener.db.session() as s:  # the job handed on: back to the queue
+        s.get(Job, other).state = JobState.QUEUED
+    assert _stow(listener, uid, [(rel, data)], fence=(other, 1)).status_code == 412
+    assert not stored.exists()
+    unnamed = httpx.post(f"{listener.url}/studies/{uid}", content=b"", headers={
+        "Authorization": f"Bearer {listener.token}", "Content-Type": related_type("x")})
+    assert unnamed.status_code == 422  # no job and attempt: not a worker's results
+    assert _stow(listener, uid, [(rel, data)], fence=(job, 3)).status_code == 200
+    assert stored.read_bytes() == data
+    # the worker's client: a 412 is StaleAttempt (the task records nothing), not retried
+    settings = load_settings(storage={"data_dir": tmp_path / "worker-host"}, worker={
+        "listener_url": listener.url, "listener_token": listener.token},
+        broker={"url": "redis://127.0.0.1:1/0"}, database={"url": "postgresql://x@127.0.0.1/x"})
+    local = tmp_path / "result.dcm"
+    local.write_bytes(data)
+    with pytest.raises(StaleAttempt, match=f"job {job} attempt 2"):
+        ReceivingNode(settings).store_results(uid, [(local, rel)], job_id=job, attempt=2)
+    assert ReceivingNode(settings).store_results(uid, [(local, rel)], job_id=job, attempt=3) == 1
